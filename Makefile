@@ -1,0 +1,32 @@
+# The two commands of the README: `make run` and `make test`. Each creates or updates .venv itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# The CPU build of torch by default (fast to install, what CI uses). For an NVIDIA GPU, see the
+# README: e.g. make run TORCH="torch" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+ARGS ?= generate --model test --prompt "a lighthouse on a cliff at dusk" --seed 1
+
+.PHONY: run test lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/sd3desk $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
+	QT_QPA_PLATFORM=offscreen HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

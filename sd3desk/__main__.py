@@ -1,0 +1,5 @@
+"""Entry point for `python -m sd3desk`."""
+
+from sd3desk.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Device, dtype and memory-plan choice. Imports torch lazily (inside functions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from sd3desk.errors import SD3DeskError
+from sd3desk.settings import Device, MemoryPlan
+
+GIB = 1024**3
+# Room left for activations, attention and the VAE decode at about one megapixel.
+ACTIVATION_HEADROOM = 3 * GIB
+
+
+class Placement(Enum):
+    """Where the weights live while generating."""
+
+    device = "device"  # all on the GPU (or all on the CPU when that is the device)
+    offload = "offload"  # components move to the GPU one at a time
+    sequential = "sequential"  # layers stream to the GPU one at a time
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The device generation runs on, as the user should see it."""
+
+    kind: str  # "cuda", "mps" or "cpu"
+    index: int
+    name: str
+    dtype: str  # "bfloat16", "float16" or "float32"
+    total_bytes: int | None = None
+    free_bytes: int | None = None
+
+    @property
+    def torch_device(self) -> str:
+        return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
+
+    def describe(self) -> str:
+        text = f"{self.name} · {self.dtype}"
+        if self.free_bytes is not None:
+            text += f" · {self.free_bytes / GIB:.1f} GB free"
+        if self.kind == "cpu":
+            text += " — slow; for trying only"
+        return text
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """A concrete memory plan: placement plus whether T5 is loaded."""
+
+    placement: Placement
+    use_t5: bool
+
+    def describe(self) -> str:
+        words = {
+            Placement.device: "all on the device",
+            Placement.offload: "model offload",
+            Placement.sequential: "sequential offload",
+        }[self.placement]
+        return words + ("" if self.use_t5 else ", without T5 (CLIP prompts only)")
+
+
+def quiet_libraries() -> None:
+    """No progress bars or info chatter from diffusers/transformers; we report progress."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for module in (diffusers_logging, transformers_logging):
+        module.disable_progress_bar()
+        module.set_verbosity_error()
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
+
+
+def pick_device(requested: Device = Device.auto, index: int = 0) -> DeviceInfo:
+    """The device to use: CUDA (bf16 where supported, else fp16), Apple MPS (fp16), CPU (fp32)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    kind = requested.value
+    if requested is Device.auto:
+        kind = "cuda" if cuda else "mps" if mps else "cpu"
+    elif requested is Device.cuda and not cuda:
+        raise SD3DeskError(
+            "no CUDA GPU is available to this Python",
+            "install a CUDA build of torch (see the README) or choose --device cpu",
+        )
+    elif requested is Device.mps and not mps:
+        raise SD3DeskError("Apple MPS is not available on this machine", "choose --device cpu")
+    if kind == "cuda":
+        if index >= torch.cuda.device_count():
+            raise SD3DeskError(f"there is no CUDA device {index}")
+        free, total = torch.cuda.mem_get_info(index)
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return DeviceInfo("cuda", index, torch.cuda.get_device_name(index), dtype, total, free)
+    if kind == "mps":
+        return DeviceInfo("mps", 0, "Apple GPU (MPS)", "float16")
+    return DeviceInfo("cpu", 0, "CPU", "float32")
+
+
+def resolve_plan(
+    plan: MemoryPlan, device: DeviceInfo, component_bytes: dict[str, int], has_t5: bool = True
+) -> ResolvedPlan:
+    """Turn the user's plan into a concrete one. `component_bytes` are weight sizes at the
+    device's dtype. `auto` keeps everything on the device when it fits with headroom, else
+    offloads whole components, else streams layers."""
+    use_t5 = has_t5 and plan is not MemoryPlan.no_t5
+    if plan in (MemoryPlan.offload, MemoryPlan.sequential):
+        if device.kind == "cpu":
+            raise SD3DeskError(
+                f"the memory plan {plan.value!r} needs a GPU; on the CPU everything already sits "
+                "in system memory",
+                "choose --memory auto or gpu",
+            )
+        placement = Placement.offload if plan is MemoryPlan.offload else Placement.sequential
+        return ResolvedPlan(placement, use_t5)
+    if plan in (MemoryPlan.gpu, MemoryPlan.no_t5) or device.kind != "cuda":
+        return ResolvedPlan(Placement.device, use_t5)
+    sizes = {k: v for k, v in component_bytes.items() if use_t5 or k != "text_encoder_3"}
+    free = device.free_bytes or 0
+    if sum(sizes.values()) + ACTIVATION_HEADROOM <= free:
+        return ResolvedPlan(Placement.device, use_t5)
+    if max(sizes.values(), default=0) + ACTIVATION_HEADROOM <= free:
+        return ResolvedPlan(Placement.offload, use_t5)
+    return ResolvedPlan(Placement.sequential, use_t5)
+
+
+def free_memory(device: DeviceInfo | None = None) -> None:
+    """Give cached memory back after a failure (out-of-memory) or an unload."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
+    if device is not None and device.kind == "mps":
+        torch.mps.empty_cache()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "mps backend out of" in text
+    )

@@ -1,0 +1,255 @@
+"""Read an SD3 pipeline from disk, offline, component by component, through diffusers' loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sd3desk.errors import ModelError, RefusedFormatError
+from sd3desk.inference import testmodel
+from sd3desk.inference.devices import torch_dtype
+from sd3desk.inference.models import (
+    ModelKind,
+    ModelSource,
+    bundled_clip_tokenizer_dir,
+    bundled_config_dir,
+    find_t5_tokenizer,
+    find_text_encoder_donor,
+)
+from sd3desk.params import ModelFamily
+
+PLACE_STAGE = 7  # stages: tokenizers, CLIP-L, CLIP-G, T5, MMDiT, VAE, placing
+_ENCODER_LABELS = {
+    "text_encoder": ("CLIP-L text encoder", 2),
+    "text_encoder_2": ("CLIP-G text encoder", 3),
+    "text_encoder_3": ("T5-XXL text encoder", 4),
+}
+NO_T5_NOTICE = (
+    "running without T5: prompts reach the model through the CLIP encoders only (77 tokens)"
+)
+
+
+def _stage(on_stage: Callable | None, index: int, text: str) -> None:
+    if on_stage is not None:
+        from sd3desk.inference.engine import LoadStage
+
+        on_stage(LoadStage(index, PLACE_STAGE, text))
+
+
+def load_pipeline(
+    source: ModelSource,
+    *,
+    dtype: str,
+    use_t5: bool,
+    cache_dir: Path | None,
+    model_dirs: tuple[Path, ...] = (),
+    on_stage: Callable | None = None,
+) -> tuple[Any, bool, list[str]]:
+    """The pipeline for `source`, whether T5 is in it, and notices for the user."""
+    if source.kind is ModelKind.test and not (source.path / "model_index.json").exists():
+        _stage(on_stage, 1, "Building the test model (random weights)")
+        testmodel.write_test_model(source.path, source.test_size or "tiny")
+    if source.kind is ModelKind.single_file:
+        return _load_single_file(source, dtype, use_t5, cache_dir, model_dirs, on_stage)
+    return _load_folder(source.path, source, dtype, use_t5, on_stage)
+
+
+def _component(folder: Path, part: str, load: Callable[[], Any]) -> Any:
+    """Run one component's loader; a failure names that component's folder."""
+    try:
+        return load()
+    except Exception as exc:
+        from sd3desk.inference.devices import is_out_of_memory
+
+        if is_out_of_memory(exc):
+            raise
+        raise ModelError(
+            f"the {part} of {folder.name} could not be loaded: {exc}",
+            "the download may be incomplete or damaged; download the model again",
+            path=str(folder / part),
+        ) from exc
+
+
+def _encoder(folder: Path, part: str, dtype: str, on_stage: Callable | None) -> Any:
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel
+
+    label, index = _ENCODER_LABELS[part]
+    _stage(on_stage, index, f"Loading {label}")
+    cls = T5EncoderModel if part == "text_encoder_3" else CLIPTextModelWithProjection
+    return _component(
+        folder,
+        part,
+        lambda: cls.from_pretrained(
+            folder,
+            subfolder=part,
+            dtype=torch_dtype(dtype),
+            local_files_only=True,
+            use_safetensors=True,
+        ).eval(),
+    )
+
+
+def _load_folder(
+    folder: Path, source: ModelSource, dtype: str, use_t5: bool, on_stage: Callable | None
+) -> tuple[Any, bool, list[str]]:
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    notices = []
+    if use_t5 and not source.has_t5:
+        use_t5 = False
+        notices.append(f"{source.name} has no T5 encoder; " + NO_T5_NOTICE)
+    elif not use_t5:
+        notices.append(NO_T5_NOTICE)
+    missing = {"text_encoder", "text_encoder_2"} - source.parts
+    if missing:
+        raise ModelError(
+            f"{folder} has no weights for {', '.join(sorted(missing))}",
+            "the download is incomplete; download the model again",
+            path=str(folder / sorted(missing)[0]),
+        )
+    _stage(on_stage, 1, "Loading tokenizers")
+    parts: dict[str, Any] = {
+        "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+        "tokenizer_2": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"),
+        "tokenizer_3": T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_3")
+        if use_t5
+        else None,
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+    }
+    for part in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        parts[part] = (
+            _encoder(folder, part, dtype, on_stage) if use_t5 or part != "text_encoder_3" else None
+        )
+    common = {"torch_dtype": torch_dtype(dtype), "local_files_only": True, "use_safetensors": True}
+    _stage(on_stage, 5, "Loading MMDiT denoiser")
+    parts["transformer"] = _component(
+        folder,
+        "transformer",
+        lambda: SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **common),
+    )
+    _stage(on_stage, 6, "Loading VAE")
+    parts["vae"] = _component(
+        folder, "vae", lambda: AutoencoderKL.from_pretrained(folder, subfolder="vae", **common)
+    )
+    return StableDiffusion3Pipeline(**parts), use_t5, notices
+
+
+def _clip_tokenizers(config_dir: Path, family: ModelFamily) -> dict[str, Any]:
+    from transformers import CLIPTokenizer
+
+    if family is ModelFamily.test:
+        return {
+            "tokenizer": CLIPTokenizer.from_pretrained(config_dir, subfolder="tokenizer"),
+            "tokenizer_2": CLIPTokenizer.from_pretrained(config_dir, subfolder="tokenizer_2"),
+        }
+    vocab = bundled_clip_tokenizer_dir()
+    shared = {
+        "vocab": str(vocab / "vocab.json"),
+        "merges": str(vocab / "merges.txt"),
+        "model_max_length": 77,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+    }
+    # SD3's two CLIP tokenizers differ only in padding: CLIP-G pads with "!" (its repo config).
+    return {
+        "tokenizer": CLIPTokenizer(pad_token="<|endoftext|>", **shared),
+        "tokenizer_2": CLIPTokenizer(pad_token="!", **shared),
+    }
+
+
+def _load_single_file(
+    source: ModelSource,
+    dtype: str,
+    use_t5: bool,
+    cache_dir: Path | None,
+    model_dirs: tuple[Path, ...],
+    on_stage: Callable | None,
+) -> tuple[Any, bool, list[str]]:
+    from diffusers import StableDiffusion3Pipeline
+    from transformers import T5TokenizerFast
+
+    notices: list[str] = []
+    # 1. configs: bundled for real families; rebuilt from code for the test model
+    if source.family is ModelFamily.test:
+        if cache_dir is None:
+            raise ModelError("loading a single-file test model needs a cache folder")
+        config_dir = testmodel.write_config_folder(
+            cache_dir / "test-model-configs" / source.test_size, source.test_size
+        )
+    else:
+        config_dir = bundled_config_dir(source.family)
+    _stage(on_stage, 1, "Loading tokenizers")
+    extra: dict[str, Any] = _clip_tokenizers(config_dir, source.family)
+    # 2. text encoders the checkpoint lacks come from a diffusers folder (all SD3s share them)
+    donor = None
+    if not source.has_clips or (use_t5 and not source.has_t5):
+        donor = find_text_encoder_donor(model_dirs)
+    if not source.has_clips:
+        if donor is None:
+            raise ModelError(
+                f"{source.path.name} holds no CLIP text encoders, and no SD3 diffusers folder with "
+                "them was found in your model folders or the Hugging Face cache",
+                "use the '_incl_clips' checkpoint (e.g. sd3_medium_incl_clips.safetensors), or "
+                "download stabilityai/stable-diffusion-3-medium-diffusers (its text_encoder and "
+                "text_encoder_2 folders suffice), or add such a folder to your model folders",
+                path=str(source.path),
+            )
+        for part in ("text_encoder", "text_encoder_2"):
+            extra[part] = _encoder(donor, part, dtype, on_stage)
+        notices.append(f"CLIP text encoders taken from {donor}")
+    # 3. T5: from the checkpoint or a donor, with its tokenizer from a folder the user has
+    t5_weights = source.has_t5 or (donor is not None and (donor / "text_encoder_3").is_dir())
+    if use_t5 and not t5_weights:
+        use_t5 = False
+        notices.append(f"{source.path.name} has no T5 encoder; " + NO_T5_NOTICE)
+    elif not use_t5:
+        notices.append(NO_T5_NOTICE)
+    if use_t5:
+        if source.family is ModelFamily.test:
+            extra["tokenizer_3"] = T5TokenizerFast.from_pretrained(
+                config_dir, subfolder="tokenizer_3"
+            )
+        else:
+            folder = find_t5_tokenizer([d for d in (donor, *model_dirs) if d is not None])
+            if folder is None:
+                raise ModelError(
+                    "the T5 tokenizer (spiece.model or tokenizer.json) was not found: it is not "
+                    "bundled with sd3desk and no model folder or cached repo provides it",
+                    "download it once (it is public): `hf download google/t5-v1_1-xxl "
+                    "spiece.model tokenizer_config.json special_tokens_map.json`, or add an SD3 "
+                    "diffusers folder to your model folders, or run without T5 (--memory no-t5)",
+                    path="tokenizer_3/spiece.model",
+                )
+            extra["tokenizer_3"] = T5TokenizerFast.from_pretrained(folder)
+        if not source.has_t5:
+            assert donor is not None
+            extra["text_encoder_3"] = _encoder(donor, "text_encoder_3", dtype, on_stage)
+    else:
+        extra["tokenizer_3"] = None
+        extra["text_encoder_3"] = None
+    # 4. the checkpoint itself, converted by diffusers' single-file loader
+    _stage(on_stage, 5, f"Loading {source.path.name}")
+    try:
+        pipe = StableDiffusion3Pipeline.from_single_file(
+            str(source.path),
+            config=str(config_dir),
+            local_files_only=True,
+            torch_dtype=torch_dtype(dtype),
+            **extra,
+        )
+    except (RefusedFormatError, ModelError):
+        raise
+    for part in ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"):
+        module = getattr(pipe, part, None)
+        if module is not None:
+            module.eval()
+    _stage(on_stage, 6, "Checkpoint loaded")
+    return pipe, use_t5, notices

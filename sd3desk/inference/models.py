@@ -1,0 +1,492 @@
+"""Model sources: find, identify and describe SD3 models on disk without loading any weights.
+
+Pure Python (no torch): safetensors headers are JSON, read directly, so the CLI and the UI can
+list and check models instantly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sd3desk.errors import ModelError, RefusedFormatError
+from sd3desk.inference.testmodel import HEADER_KEY, MARKER_FILE
+from sd3desk.params import FAMILY_DEFAULTS, ModelFamily
+
+TEST_MODEL_REFS = ("test", "sd3desk-test")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+SD3_PIPELINE = "StableDiffusion3Pipeline"
+# Public SD3-family repos whose diffusers folders also serve as text-encoder donors.
+KNOWN_REPOS = (
+    "stabilityai/stable-diffusion-3-medium-diffusers",
+    "stabilityai/stable-diffusion-3.5-medium",
+    "stabilityai/stable-diffusion-3.5-large",
+    "stabilityai/stable-diffusion-3.5-large-turbo",
+)
+# The T5 tokenizer is not bundled (see README); these public repos carry it.
+T5_TOKENIZER_REPOS = ("google/t5-v1_1-xxl",)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Key prefixes of Stability AI's single-file checkpoints (also what diffusers' loader reads).
+MMDIT_PREFIX = "model.diffusion_model."
+CLIP_L_KEY = "text_encoders.clip_l.transformer.text_model.embeddings.position_embedding.weight"
+CLIP_G_KEY = "text_encoders.clip_g.transformer.text_model.embeddings.position_embedding.weight"
+T5_KEY = "text_encoders.t5xxl.transformer.shared.weight"
+TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+class ModelKind(Enum):
+    """How a model is stored."""
+
+    folder = "diffusers folder"
+    single_file = "single file"
+    hub = "Hugging Face cache"
+    test = "test model"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model found on disk: where it is, what it is, and which parts it brings."""
+
+    kind: ModelKind
+    path: Path  # the diffusers folder or the .safetensors file
+    family: ModelFamily
+    name: str
+    reference: str  # what the user typed / what goes into GenerationParams.model
+    parts: frozenset[str] = frozenset()  # weights present: transformer, vae, text_encoder{,_2,_3}
+    component_params: dict[str, int] = field(default_factory=dict, compare=False)
+    test_size: str = ""
+
+    @property
+    def has_t5(self) -> bool:
+        return "text_encoder_3" in self.parts
+
+    @property
+    def has_clips(self) -> bool:
+        return {"text_encoder", "text_encoder_2"} <= self.parts
+
+    @property
+    def max_side(self) -> int:
+        return FAMILY_DEFAULTS[self.family].max_side
+
+    def hash_files(self) -> list[Path]:
+        """The files whose SHA-256 names the model: the checkpoint, or the MMDiT weights."""
+        if self.kind is ModelKind.single_file:
+            return [self.path]
+        return sorted((self.path / "transformer").glob("*.safetensors"))
+
+    def size_bytes(self) -> int:
+        if self.path.is_file():
+            return self.path.stat().st_size
+        return sum(p.stat().st_size for p in self.path.rglob("*.safetensors"))
+
+
+def bundled_config_dir(family: ModelFamily) -> Path:
+    """Configs (no weights) shipped for single-file loading of a real model family."""
+    return Path(str(resources.files("sd3desk") / "resources" / "configs" / family.value))
+
+
+def bundled_clip_tokenizer_dir() -> Path:
+    """CLIP's BPE vocabulary, shipped with its licence (see resources/tokenizers/clip)."""
+    return Path(str(resources.files("sd3desk") / "resources" / "tokenizers" / "clip"))
+
+
+# ------------------------------------------------------------------ safetensors headers
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a .safetensors file (tensor names, dtypes, shapes), no tensor data."""
+    try:
+        with path.open("rb") as handle:
+            raw_length = handle.read(8)
+            length = int.from_bytes(raw_length, "little") if len(raw_length) == 8 else 0
+            if not 2 <= length <= MAX_HEADER_BYTES:
+                raise ModelError(
+                    f"{path.name} is not a valid .safetensors file (bad header length)",
+                    "the download may be incomplete; download the file again",
+                    path=str(path),
+                )
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
+    except ValueError as exc:
+        raise ModelError(
+            f"{path.name} is damaged: its header is not valid JSON",
+            "download the file again",
+            path=str(path),
+        ) from exc
+    if not isinstance(header, dict):
+        raise ModelError(f"{path.name} is damaged: its header is not a table", path=str(path))
+    return header
+
+
+def _numel(entry: Any) -> int:
+    count = 1
+    for dim in entry.get("shape", []) if isinstance(entry, dict) else []:
+        count *= int(dim)
+    return count
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a single-file checkpoint holds, read from its header."""
+
+    family: ModelFamily
+    parts: frozenset[str]
+    component_params: dict[str, int]
+    test_size: str = ""
+
+
+def inspect_checkpoint(path: Path) -> CheckpointInfo:
+    """Identify an SD3 single-file checkpoint (SD3 Medium, SD3.5 Medium/Large, test model)."""
+    header = read_safetensors_header(path)
+    meta = header.pop("__metadata__", None) or {}
+    keys = header.keys()
+    blocks = {
+        int(m.group(1))
+        for k in keys
+        if (m := re.match(r"model\.diffusion_model\.joint_blocks\.(\d+)\.", k))
+    }
+    if not blocks:
+        raise ModelError(_not_sd3_reason(path, keys), path=str(path))
+    params = {
+        "transformer": 0,
+        "vae": 0,
+        "text_encoder": 0,
+        "text_encoder_2": 0,
+        "text_encoder_3": 0,
+    }
+    prefixes = {
+        "transformer": MMDIT_PREFIX,
+        "vae": "first_stage_model.",
+        "text_encoder": "text_encoders.clip_l.",
+        "text_encoder_2": "text_encoders.clip_g.",
+        "text_encoder_3": "text_encoders.t5xxl.",
+    }
+    for key, entry in header.items():
+        for part, prefix in prefixes.items():
+            if key.startswith(prefix):
+                params[part] += _numel(entry)
+                break
+    parts = {p for p, n in params.items() if n}
+    if "vae" not in parts:
+        raise ModelError(
+            f"{path.name} has no VAE weights (first_stage_model.*)",
+            "use a checkpoint that includes the VAE, e.g. sd3_medium.safetensors",
+            path=str(path),
+        )
+    if meta.get(HEADER_KEY):
+        return CheckpointInfo(ModelFamily.test, frozenset(parts), params, str(meta[HEADER_KEY]))
+    hidden_entry = header.get(MMDIT_PREFIX + "context_embedder.weight", {})
+    hidden = (hidden_entry.get("shape") or [0])[0]
+    dual = any(".x_block.attn2." in k for k in keys)
+    if hidden == 2432:
+        family = ModelFamily.sd35_large
+    elif hidden == 1536 and dual:
+        family = ModelFamily.sd35_medium
+    elif hidden == 1536:
+        family = ModelFamily.sd3_medium
+    else:
+        raise ModelError(
+            f"{path.name} is an SD3-style model of an unknown size ({len(blocks)} blocks, "
+            f"width {hidden}); sd3desk knows SD3 Medium and SD3.5 Medium/Large",
+            path=str(path),
+        )
+    return CheckpointInfo(family, frozenset(parts), params)
+
+
+def _not_sd3_reason(path: Path, keys: Any) -> str:
+    text = " ".join(list(keys)[:2000])
+    if "model.diffusion_model.input_blocks." in text:
+        kind = "a Stable Diffusion 1.x/2.x/XL checkpoint"
+    elif "double_blocks." in text:
+        kind = "a Flux checkpoint"
+    elif "transformer_blocks." in text:
+        kind = "a diffusers-format component, not a whole single-file checkpoint"
+    else:
+        kind = "not an SD3 checkpoint (no MMDiT weights under model.diffusion_model.)"
+    return f"{path.name} is {kind}; sd3desk runs SD3 and SD3.5 models"
+
+
+# ------------------------------------------------------------------ diffusers folders
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ModelError(
+            f"{path} is missing", "the model folder is incomplete", str(path)
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} cannot be read: {exc}", path=str(path)) from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} does not hold a JSON object", path=str(path))
+    return data
+
+
+def _folder_params(folder: Path, part: str) -> int:
+    total = 0
+    for weights in (folder / part).glob("*.safetensors"):
+        header = read_safetensors_header(weights)
+        header.pop("__metadata__", None)
+        total += sum(_numel(e) for e in header.values())
+    return total
+
+
+def inspect_folder(folder: Path) -> tuple[ModelFamily, frozenset[str], dict[str, int], str]:
+    """Family, parts with weights, parameter counts and test size of a diffusers folder."""
+    index = _read_json(folder / "model_index.json")
+    if index.get("_class_name") != SD3_PIPELINE:
+        raise ModelError(
+            f"{folder} holds a {index.get('_class_name', 'unknown')} model; "
+            "sd3desk runs StableDiffusion3Pipeline models (SD3, SD3.5)",
+            path=str(folder),
+        )
+    test_size = ""
+    if (folder / MARKER_FILE).exists():
+        test_size = str(_read_json(folder / MARKER_FILE).get("size", "tiny"))
+        family = ModelFamily.test
+    else:
+        config = _read_json(folder / "transformer" / "config.json")
+        hidden = int(config.get("caption_projection_dim", 0))
+        family = (
+            ModelFamily.sd35_large
+            if hidden == 2432
+            else ModelFamily.sd35_medium
+            if config.get("dual_attention_layers")
+            else ModelFamily.sd3_medium
+        )
+    params = {}
+    for part in ("transformer", "vae", *TEXT_PARTS):
+        if (folder / part).is_dir() and index.get(part, [None])[0] is not None:
+            params[part] = _folder_params(folder, part)
+            if not params[part] and any((folder / part).glob("*.bin")):
+                raise RefusedFormatError(
+                    f"{folder / part} has only pickle (.bin) weights; sd3desk never loads pickle "
+                    "files because they can run code",
+                    "download the .safetensors version of this model",
+                    path=str(folder / part),
+                )
+    parts = frozenset(p for p, n in params.items() if n)
+    for needed in ("transformer", "vae"):
+        if needed not in parts:
+            raise ModelError(
+                f"{folder} has no {needed} weights (expected {folder / needed}/*.safetensors)",
+                "the download is incomplete; download the model again",
+                path=str(folder / needed),
+            )
+    return family, parts, params, test_size
+
+
+# ------------------------------------------------------------------ resolving references
+
+
+def resolve_model(reference: str, test_model_dir: Path | None = None) -> ModelSource:
+    """What a model reference (path, Hugging Face repo id, or "test") points at. Offline."""
+    ref = reference.strip()
+    if not ref:
+        raise ModelError("no model given", "pass --model PATH, a Hugging Face repo id, or 'test'")
+    if ref in TEST_MODEL_REFS:
+        if test_model_dir is None:
+            raise ModelError("no folder for the test model was given")
+        return ModelSource(
+            ModelKind.test,
+            test_model_dir,
+            ModelFamily.test,
+            "sd3desk-test",
+            ref,
+            frozenset({"transformer", "vae", *TEXT_PARTS}),
+            test_size="tiny",
+        )
+    path = Path(ref).expanduser()
+    if path.exists():
+        return source_from_path(path, ref)
+    if _REPO_ID.match(ref):
+        return source_from_path(hub_snapshot(ref), ref, ModelKind.hub, name=ref)
+    raise ModelError(
+        f"no model at {ref!r}: no such file or folder, and not a Hugging Face repo id",
+        "give a .safetensors file, a diffusers folder, or a repo id like "
+        "stabilityai/stable-diffusion-3-medium-diffusers",
+        path=ref,
+    )
+
+
+def source_from_path(
+    path: Path, reference: str, kind: ModelKind | None = None, name: str | None = None
+) -> ModelSource:
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise ModelError(
+                f"{path} is not a diffusers model folder (no model_index.json)",
+                "point at the folder that holds model_index.json, or at a .safetensors file",
+                path=str(path),
+            )
+        family, parts, params, test_size = inspect_folder(path)
+        return ModelSource(
+            kind or ModelKind.folder,
+            path,
+            family,
+            name or path.name,
+            reference,
+            parts,
+            params,
+            test_size,
+        )
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise RefusedFormatError(
+            f"{path.name} is a pickle-based model file; sd3desk never loads those because "
+            "opening one can run arbitrary code",
+            "use the .safetensors version of this model",
+            path=str(path),
+        )
+    if suffix != ".safetensors":
+        raise ModelError(
+            f"{path.name} is not a model file sd3desk can load (expected .safetensors)",
+            path=str(path),
+        )
+    info = inspect_checkpoint(path)
+    return ModelSource(
+        kind or ModelKind.single_file,
+        path,
+        info.family,
+        name or path.stem,
+        reference,
+        info.parts,
+        info.component_params,
+        info.test_size,
+    )
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """The cached snapshot folder of a Hugging Face repo (HF_HOME), never downloading."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
+        raise ModelError(
+            f"{repo_id} is not in the Hugging Face cache ({hub_cache_dir()})",
+            "download it first: accept the licence on its Hugging Face page, log in with a token "
+            f"(`hf auth login`), then `hf download {repo_id}`",
+            path=repo_id,
+        ) from exc
+
+
+def hub_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _sd3_folder(path: Path) -> bool:
+    try:
+        return (
+            json.loads((path / "model_index.json").read_text("utf-8")).get("_class_name")
+            == SD3_PIPELINE
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def find_text_encoder_donor(model_dirs: list[Path] | tuple[Path, ...] = ()) -> Path | None:
+    """A diffusers SD3 folder with CLIP-L and CLIP-G weights (all SD3 models share them)."""
+    candidates: list[Path] = []
+    for directory in model_dirs:
+        directory = Path(directory)
+        if _sd3_folder(directory):
+            candidates.append(directory)
+        elif directory.is_dir():
+            candidates += [p for p in sorted(directory.iterdir()) if _sd3_folder(p)]
+    for repo in KNOWN_REPOS:
+        try:
+            candidates.append(hub_snapshot(repo))
+        except ModelError:
+            continue
+    for folder in candidates:
+        if all(any((folder / p).glob("*.safetensors")) for p in ("text_encoder", "text_encoder_2")):
+            return folder
+    return None
+
+
+def find_t5_tokenizer(folders: list[Path]) -> Path | None:
+    """A folder holding the T5 SentencePiece tokenizer (spiece.model or tokenizer.json)."""
+    candidates = [Path(f) / "tokenizer_3" for f in folders]
+    for repo in (*KNOWN_REPOS, *T5_TOKENIZER_REPOS):
+        try:
+            snapshot = hub_snapshot(repo)
+        except ModelError:
+            continue
+        candidates += [snapshot / "tokenizer_3", snapshot]
+    for folder in candidates:
+        if (folder / "spiece.model").exists() or (folder / "tokenizer.json").exists():
+            return folder
+    return None
+
+
+# ------------------------------------------------------------------ listing
+
+
+def discover_models(
+    model_dirs: list[Path] | tuple[Path, ...] = (),
+) -> tuple[list[ModelSource], list[str]]:
+    """SD3-family models in the Hugging Face cache and in the user's folders, plus problems seen."""
+    found: list[ModelSource] = []
+    problems: list[str] = []
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        cache = scan_cache_dir(hub_cache_dir())
+        for repo in sorted(cache.repos, key=lambda r: r.repo_id):
+            if repo.repo_type != "model":
+                continue
+            for revision in repo.revisions:
+                if _sd3_folder(revision.snapshot_path):
+                    try:
+                        found.append(
+                            source_from_path(
+                                revision.snapshot_path, repo.repo_id, ModelKind.hub, repo.repo_id
+                            )
+                        )
+                    except ModelError as exc:
+                        problems.append(f"{repo.repo_id}: {exc.message}")
+                    break
+    except Exception as exc:  # a missing or odd cache is not an error worth stopping for
+        if hub_cache_dir().exists():
+            problems.append(f"cannot scan the Hugging Face cache: {exc}")
+    for directory in model_dirs:
+        directory = Path(directory)
+        if not directory.is_dir():
+            problems.append(f"{directory}: folder not found")
+            continue
+        entries = (
+            [directory]
+            if (directory / "model_index.json").exists()
+            else sorted(directory.iterdir())
+        )
+        for entry in entries:
+            is_model = (
+                entry / "model_index.json"
+            ).exists() or entry.suffix.lower() == ".safetensors"
+            if not is_model:
+                continue
+            try:
+                found.append(source_from_path(entry, str(entry)))
+            except ModelError as exc:
+                problems.append(exc.message)
+    return found, problems
+
+
+def default_model_dirs() -> list[Path]:
+    """Extra folders from SD3DESK_MODEL_DIRS (os.pathsep-separated), used by the CLI."""
+    value = os.environ.get("SD3DESK_MODEL_DIRS", "")
+    return [Path(p) for p in value.split(os.pathsep) if p]

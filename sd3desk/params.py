@@ -1,0 +1,306 @@
+"""The one request type, its validation, model-family defaults and size presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from sd3desk.errors import FieldError, InvalidParamsError
+
+SEED_MAX = 2**32 - 1
+SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 256, 2048, 16
+STEPS_MIN, STEPS_MAX = 1, 150
+GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
+BATCH_MIN, BATCH_MAX = 1, 16
+SHIFT_MIN, SHIFT_MAX = 0.1, 20.0
+T5_LENGTH_MIN, T5_LENGTH_MAX = 1, 512  # diffusers' SD3 pipeline refuses more than 512
+PROMPT_CHARS_MAX = 20_000
+CLIP_TOKEN_LIMIT = 77  # both CLIP encoders: 75 tokens of text plus start and end
+
+
+class ModelFamily(Enum):
+    """Which SD3 architecture a model is; decides defaults and limits."""
+
+    sd3_medium = "sd3-medium"
+    sd35_medium = "sd3.5-medium"
+    sd35_large = "sd3.5-large"
+    test = "sd3desk-test"
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """Recommended settings and hard limits of one model family."""
+
+    label: str
+    steps: int
+    guidance_scale: float
+    shift: float
+    size: int
+    # Largest side the transformer's position embedding covers:
+    # pos_embed_max_size x patch size (2) x VAE downsampling (8).
+    max_side: int
+
+
+# Steps/guidance follow Stability AI's model cards; shift is the scheduler config of each repo.
+FAMILY_DEFAULTS: dict[ModelFamily, FamilyDefaults] = {
+    ModelFamily.sd3_medium: FamilyDefaults("SD3 Medium", 28, 7.0, 3.0, 1024, 192 * 16),
+    ModelFamily.sd35_medium: FamilyDefaults("SD3.5 Medium", 40, 4.5, 3.0, 1024, 384 * 16),
+    ModelFamily.sd35_large: FamilyDefaults("SD3.5 Large", 28, 3.5, 3.0, 1024, 192 * 16),
+    ModelFamily.test: FamilyDefaults(
+        "sd3desk test model (random weights, makes noise)", 8, 5.0, 3.0, 256, 128 * 16
+    ),
+}
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    """A named resolution offered in the UI and by `--aspect`."""
+
+    name: str
+    width: int
+    height: int
+
+
+# About one megapixel in multiples of 64 (the bucket sizes SD3 was trained around), then fast sizes.
+SIZE_PRESETS: tuple[SizePreset, ...] = (
+    SizePreset("1:1", 1024, 1024),
+    SizePreset("4:3", 1152, 896),
+    SizePreset("3:4", 896, 1152),
+    SizePreset("3:2", 1216, 832),
+    SizePreset("2:3", 832, 1216),
+    SizePreset("16:9", 1344, 768),
+    SizePreset("9:16", 768, 1344),
+    SizePreset("21:9", 1536, 640),
+    SizePreset("9:21", 640, 1536),
+    SizePreset("fast 512²", 512, 512),
+    SizePreset("fast 768²", 768, 768),
+)
+
+
+def size_for_aspect(aspect: str, megapixels: float = 1.0) -> tuple[int, int]:
+    """Width and height for "W:H": the preset if any, else ~`megapixels` in multiples of 64."""
+    for preset in SIZE_PRESETS:
+        if preset.name == aspect and megapixels == 1.0:
+            return preset.width, preset.height
+    try:
+        a_text, b_text = aspect.split(":")
+        a, b = float(a_text), float(b_text)
+        if not (a > 0 and b > 0 and math.isfinite(a / b)):
+            raise ValueError
+    except ValueError:
+        raise InvalidParamsError(
+            [FieldError("aspect", f"{aspect!r} is not an aspect ratio like 16:9")]
+        ) from None
+    area = megapixels * 1024 * 1024
+    width = _clamp(round(math.sqrt(area * a / b) / 64) * 64)
+    height = _clamp(round(math.sqrt(area * b / a) / 64) * 64)
+    return width, height
+
+
+def _clamp(side: int) -> int:
+    return max(SIZE_MIN, min(SIZE_MAX, side))
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything one generation job needs. `seed=None` means "random" until resolved."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    steps: int = 28
+    guidance_scale: float = 7.0
+    width: int = 1024
+    height: int = 1024
+    batch_size: int = 1
+    shift: float = 3.0
+    max_sequence_length: int = 256
+    model: str = ""
+
+    @property
+    def uses_cfg(self) -> bool:
+        """CFG runs only above 1; at or below it the negative prompt has no effect."""
+        return self.guidance_scale > 1.0
+
+    def replace(self, **changes: Any) -> GenerationParams:
+        return dataclasses.replace(self, **changes)
+
+    def with_concrete_seed(self) -> GenerationParams:
+        """Resolve a random seed to a real number so every saved image can be re-made."""
+        if self.seed is not None:
+            return self
+        return self.replace(seed=secrets.randbelow(SEED_MAX + 1))
+
+    def for_image(self, index: int) -> GenerationParams:
+        """The single-image request that re-makes image `index` of this batch (seed + index)."""
+        if self.seed is None:
+            raise ValueError("resolve the seed first")
+        return self.replace(seed=(self.seed + index) % (SEED_MAX + 1), batch_size=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationParams:
+        """Build from a dict (saved metadata, settings); unknown keys are ignored, types checked."""
+        if not isinstance(data, dict):
+            raise InvalidParamsError([FieldError("params", "expected a mapping of fields")])
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        errors: list[FieldError] = []
+        for key, value in data.items():
+            if key not in names:
+                continue
+            try:
+                values[key] = _coerce(key, value)
+            except (TypeError, ValueError):
+                errors.append(FieldError(key, f"{value!r} is not a valid value"))
+        if "prompt" not in values:
+            values["prompt"] = ""
+        if errors:
+            raise InvalidParamsError(errors)
+        return cls(**values)
+
+
+_INT_FIELDS = {"steps", "width", "height", "batch_size", "max_sequence_length"}
+_FLOAT_FIELDS = {"guidance_scale", "shift"}
+_STR_FIELDS = {"prompt", "negative_prompt", "model"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        raise TypeError(key)
+    if key == "seed":
+        return None if value is None else int(value)
+    if key in _INT_FIELDS:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(key)
+        return int(value)
+    if key in _FLOAT_FIELDS:
+        return float(value)
+    if key in _STR_FIELDS:
+        if not isinstance(value, str):
+            raise TypeError(key)
+        return value
+    raise KeyError(key)
+
+
+def defaults_for(family: ModelFamily, prompt: str = "", model: str = "") -> GenerationParams:
+    """The recommended request for a model family."""
+    d = FAMILY_DEFAULTS[family]
+    return GenerationParams(
+        prompt=prompt,
+        steps=d.steps,
+        guidance_scale=d.guidance_scale,
+        shift=d.shift,
+        width=d.size,
+        height=d.size,
+        model=model,
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_range(errors: list[FieldError], name: str, value: Any, low: float, high: float) -> None:
+    if not _is_number(value) or not math.isfinite(value) or not low <= value <= high:
+        errors.append(FieldError(name, f"must be between {low:g} and {high:g} (got {value!r})"))
+
+
+def validate(params: GenerationParams, max_side: int | None = None) -> list[FieldError]:
+    """Every problem with `params`, each naming its field and the allowed range; [] when valid.
+
+    `max_side` is the loaded model's hard limit (its position embedding); the app's own range
+    (256-2048) applies too.
+    """
+    errors: list[FieldError] = []
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(params, name)
+        if not isinstance(text, str):
+            errors.append(FieldError(name, "must be text"))
+        elif len(text) > PROMPT_CHARS_MAX:
+            errors.append(
+                FieldError(name, f"is {len(text)} characters; at most {PROMPT_CHARS_MAX}")
+            )
+    if params.seed is not None and (not _is_int(params.seed) or not 0 <= params.seed <= SEED_MAX):
+        errors.append(FieldError("seed", f"must be between 0 and {SEED_MAX} (got {params.seed!r})"))
+    top = SIZE_MAX if max_side is None else min(SIZE_MAX, max_side)
+    for name in ("width", "height"):
+        value = getattr(params, name)
+        if not _is_int(value) or not SIZE_MIN <= value <= top:
+            errors.append(FieldError(name, f"must be between {SIZE_MIN} and {top} (got {value!r})"))
+        elif value % SIZE_MULTIPLE:
+            errors.append(
+                FieldError(
+                    name,
+                    f"must be a multiple of {SIZE_MULTIPLE} (got {value}; try "
+                    f"{value - value % SIZE_MULTIPLE})",
+                )
+            )
+    for name, low, high in (
+        ("steps", STEPS_MIN, STEPS_MAX),
+        ("batch_size", BATCH_MIN, BATCH_MAX),
+        ("max_sequence_length", T5_LENGTH_MIN, T5_LENGTH_MAX),
+    ):
+        value = getattr(params, name)
+        if not _is_int(value):
+            errors.append(FieldError(name, f"must be a whole number from {low} to {high}"))
+        else:
+            _check_range(errors, name, value, low, high)
+    _check_range(errors, "guidance_scale", params.guidance_scale, GUIDANCE_MIN, GUIDANCE_MAX)
+    _check_range(errors, "shift", params.shift, SHIFT_MIN, SHIFT_MAX)
+    if not isinstance(params.model, str):
+        errors.append(FieldError("model", "must be a path or a Hugging Face repo id"))
+    return errors
+
+
+def check(params: GenerationParams, max_side: int | None = None) -> GenerationParams:
+    """Return `params` unchanged when valid, else raise InvalidParamsError listing every field."""
+    errors = validate(params, max_side)
+    if errors:
+        raise InvalidParamsError(errors)
+    return params
+
+
+@dataclass(frozen=True)
+class PromptLength:
+    """Token counts of a prompt per encoder, so the UI can warn before text is cut off."""
+
+    clip_tokens: int
+    t5_tokens: int | None  # None when the model runs without T5
+    t5_limit: int
+    clip_limit: int = CLIP_TOKEN_LIMIT
+
+    @property
+    def clip_truncated(self) -> bool:
+        return self.clip_tokens > self.clip_limit
+
+    @property
+    def t5_truncated(self) -> bool:
+        return self.t5_tokens is not None and self.t5_tokens > self.t5_limit
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.clip_truncated:
+            out.append(
+                f"CLIP encoders see {self.clip_limit} of {self.clip_tokens} tokens; "
+                "the rest of the prompt is cut off for them"
+            )
+        if self.t5_tokens is None:
+            if self.clip_truncated:
+                out.append("T5 is off, so nothing past the CLIP limit reaches the model")
+        elif self.t5_truncated:
+            out.append(
+                f"T5 sees {self.t5_limit} of {self.t5_tokens} tokens; raise the T5 max sequence "
+                f"length (up to {T5_LENGTH_MAX}) or shorten the prompt"
+            )
+        return out

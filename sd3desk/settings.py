@@ -1,0 +1,145 @@
+"""User settings (a versioned JSON file) and the folders sd3desk keeps its files in."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from sd3desk.atomic import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "sd3desk"
+SETTINGS_VERSION = 1
+
+
+class Device(Enum):
+    """Where generation runs; `auto` prefers CUDA, then Apple MPS, then the CPU."""
+
+    auto = "auto"
+    cuda = "cuda"
+    mps = "mps"
+    cpu = "cpu"
+
+
+class MemoryPlan(Enum):
+    """How the model is spread over GPU and CPU memory."""
+
+    auto = "auto"  # choose by free memory and model size
+    gpu = "gpu"  # everything on the device: fastest
+    offload = "offload"  # one component on the GPU at a time
+    sequential = "sequential"  # layer by layer: slowest, least VRAM
+    no_t5 = "no-t5"  # everything on the device without the T5 encoder (CLIP prompts only)
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    """Where sd3desk keeps data; all under one folder when `--data-dir` is given (tests)."""
+
+    data: Path
+    config: Path
+    cache: Path
+    logs: Path
+    outputs: Path
+
+    @classmethod
+    def default(cls, base: Path | None = None) -> AppPaths:
+        if base is not None:
+            base = Path(base)
+            return cls(base, base, base / "cache", base / "logs", base / "outputs")
+        return cls(
+            data=Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)),
+            config=Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)),
+            cache=Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)),
+            logs=Path(platformdirs.user_log_dir(APP_NAME, appauthor=False)),
+            outputs=Path(platformdirs.user_pictures_dir()) / APP_NAME,
+        )
+
+    @property
+    def settings_file(self) -> Path:
+        return self.config / "settings.json"
+
+    @property
+    def hash_cache(self) -> Path:
+        return self.cache / "model-hashes.json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the user sets once. Enums are stored by value; unknown keys are ignored."""
+
+    version: int = SETTINGS_VERSION
+    output_dir: str = ""  # "" means AppPaths.outputs
+    model_dirs: tuple[str, ...] = ()
+    device: Device = Device.auto
+    memory_plan: MemoryPlan = MemoryPlan.auto
+    last_model: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> str:
+        data = {
+            "version": self.version,
+            "output_dir": self.output_dir,
+            "model_dirs": list(self.model_dirs),
+            "device": self.device.value,
+            "memory_plan": self.memory_plan.value,
+            "last_model": self.last_model,
+        }
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settings:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                log.info("settings: ignoring unknown key %r", key)
+                continue
+            try:
+                values[key] = _parse_setting(key, value)
+            except (TypeError, ValueError):
+                log.warning("settings: ignoring bad value %r for %r", value, key)
+        values["version"] = SETTINGS_VERSION
+        return cls(**values)
+
+
+def _parse_setting(key: str, value: Any) -> Any:
+    if key == "device":
+        return Device(value)
+    if key == "memory_plan":
+        return MemoryPlan(value)
+    if key == "model_dirs":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(key)
+        return tuple(value)
+    if key == "version":
+        return int(value)
+    if not isinstance(value, str):
+        raise TypeError(key)
+    return value
+
+
+def load_settings(path: Path) -> Settings:
+    """Settings from `path`; defaults when it is missing or unreadable (logged, never fatal)."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return Settings()
+    except (OSError, ValueError) as exc:
+        log.warning("settings: cannot read %s (%s); using defaults", path, exc)
+        return Settings()
+    if not isinstance(data, dict):
+        log.warning("settings: %s does not hold a JSON object; using defaults", path)
+        return Settings()
+    return Settings.from_dict(data)
+
+
+def save_settings(settings: Settings, path: Path) -> None:
+    atomic_write_bytes(path, settings.to_json().encode("utf-8"))

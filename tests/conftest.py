@@ -1,0 +1,31 @@
+"""Shared fixtures: offscreen Qt, an isolated Hugging Face cache, the tiny test model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hub_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """No test may see the developer's real Hugging Face cache or model folders."""
+    cache = tmp_path_factory.getbasetemp() / "empty-hf-cache"
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("SD3DESK_MODEL_DIRS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random SD3 as a diffusers folder (built once per test session)."""
+    from sd3desk.inference.testmodel import write_test_model
+
+    return write_test_model(tmp_path_factory.mktemp("models") / "tiny-sd3")

@@ -1,0 +1,42 @@
+"""Fixtures for engine tests: one loaded tiny engine per session, image helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sd3desk.params import GenerationParams
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sd3desk-cache")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model_dir: Path, cache_dir: Path):
+    """An Engine with the tiny folder model loaded on the CPU."""
+    from sd3desk.inference.engine import Engine
+    from sd3desk.inference.models import resolve_model
+    from sd3desk.settings import Device
+
+    engine = Engine(Device.cpu, cache_dir=cache_dir)
+    engine.load(resolve_model(str(tiny_model_dir)))
+    return engine
+
+
+@pytest.fixture
+def params() -> GenerationParams:
+    return GenerationParams(
+        prompt="a cat", seed=1, steps=4, guidance_scale=5.0, width=256, height=256
+    )
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+def max_diff(a, b) -> int:
+    return int(np.abs(pixels(a) - pixels(b)).max())

@@ -1,0 +1,101 @@
+"""CLI argument handling that needs no model: exit codes and field-naming messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from sd3desk.cli import EXIT_MODEL, EXIT_USAGE, main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        (["--width", "250"], "width: must be between 256 and 2048"),
+        (["--height", "1000"], "height: must be a multiple of 16"),
+        (["--steps", "0"], "steps: must be between 1 and 150"),
+        (["--guidance", "31"], "guidance_scale: must be between 0 and 30"),
+        (["--seed", "-5"], "seed: must be between 0"),
+        (["--batch", "17"], "batch_size: must be between 1 and 16"),
+        (["--count", "0"], "count: must be between 1 and 10000"),
+        (["--aspect", "wide"], "aspect: 'wide' is not an aspect ratio"),
+        (["--aspect", "16:9", "--width", "512"], "aspect: give --aspect or --width/--height"),
+    ],
+)
+def test_invalid_arguments_exit_2_naming_the_field(capsys, tmp_path, extra, field):
+    code, _, err = run(
+        capsys,
+        "--data-dir",
+        str(tmp_path),
+        "generate",
+        "--model",
+        "nowhere",
+        "--prompt",
+        "x",
+        *extra,
+    )
+    assert code == EXIT_USAGE
+    assert field in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_argparse_errors_also_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--prompt", "x"])
+    assert info.value.code == EXIT_USAGE
+    assert "--model" in capsys.readouterr().err
+
+
+def test_missing_model_exits_3_with_advice(capsys, tmp_path):
+    code, _, err = run(
+        capsys,
+        "--data-dir",
+        str(tmp_path),
+        "generate",
+        "--model",
+        str(tmp_path / "none.safetensors"),
+        "--prompt",
+        "x",
+    )
+    assert code == EXIT_MODEL
+    assert "no model at" in err
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".bin", ".pth"])
+def test_pickle_models_are_refused(capsys, tmp_path, suffix):
+    bad = tmp_path / f"model{suffix}"
+    bad.write_bytes(b"\x80\x04 pickle that would run code")
+    code, _, err = run(
+        capsys, "--data-dir", str(tmp_path), "generate", "--model", str(bad), "--prompt", "x"
+    )
+    assert code == EXIT_MODEL
+    assert "never loads" in err and "safetensors" in err
+
+
+def test_uncached_repo_id_says_how_to_download(capsys, tmp_path):
+    code, _, err = run(
+        capsys,
+        "--data-dir",
+        str(tmp_path),
+        "generate",
+        "--model",
+        "stabilityai/stable-diffusion-3-medium-diffusers",
+        "--prompt",
+        "x",
+    )
+    assert code == EXIT_MODEL
+    assert "not in the Hugging Face cache" in err and "hf download" in err
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("generate", "models", "make-test-model"):
+        assert command in out

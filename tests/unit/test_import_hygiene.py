@@ -1,0 +1,41 @@
+"""Core and CLI start-up never import the ML stack (the window must open before it loads)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+CORE = [
+    "sd3desk.params",
+    "sd3desk.metadata",
+    "sd3desk.settings",
+    "sd3desk.outputs",
+    "sd3desk.modelhash",
+    "sd3desk.cli",
+    "sd3desk.inference.models",
+]
+
+
+def test_core_and_cli_import_without_torch():
+    code = (
+        f"import sys; [__import__(m) for m in {CORE!r}]; "
+        "from sd3desk.cli import build_parser; build_parser(); "
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_help_is_fast_and_torch_free():
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "sd3desk", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "generate" in result.stdout
+    assert " torch" not in result.stderr
