@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="a folder (diffusers layout) or a FILE.safetensors (single-file checkpoint)",
     )
-    make.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    make.add_argument("--size", choices=("tiny", "small", "medium"), default="tiny")
     make.add_argument("--no-clips", action="store_true", help="single file: leave out CLIP-L/G")
     make.add_argument("--no-t5", action="store_true", help="single file: leave out T5")
     return parser

@@ -132,6 +132,16 @@ def resolve_plan(
     return ResolvedPlan(Placement.sequential, use_t5)
 
 
+def place_pipeline(pipe: Any, placement: Placement, device: DeviceInfo) -> None:
+    """Put a pipeline's weights where `placement` says."""
+    if placement is Placement.offload:
+        pipe.enable_model_cpu_offload(device=device.torch_device)
+    elif placement is Placement.sequential:
+        pipe.enable_sequential_cpu_offload(device=device.torch_device)
+    else:
+        pipe.to(device.torch_device)
+
+
 def free_memory(device: DeviceInfo | None = None) -> None:
     """Give cached memory back after a failure (out-of-memory) or an unload."""
     import gc
@@ -139,11 +149,24 @@ def free_memory(device: DeviceInfo | None = None) -> None:
     import torch
 
     gc.collect()
+    _trim_heap()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.ipc_collect()
     if device is not None and device.kind == "mps":
         torch.mps.empty_cache()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, so an unloaded model
+    would still show in the process's memory)."""
+    import contextlib
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,12 @@ from sd3desk.inference.devices import (
     free_memory,
     is_out_of_memory,
     pick_device,
+    place_pipeline,
     quiet_libraries,
     resolve_plan,
 )
 from sd3desk.inference.models import ModelSource
-from sd3desk.inference.preview import latents_to_image, predicted_x0
+from sd3desk.inference.preview import PreviewQueue, latents_to_rgb, predicted_x0
 from sd3desk.metadata import ModelIdentity
 from sd3desk.modelhash import model_hash
 from sd3desk.params import SEED_MAX, GenerationParams, PromptLength, check
@@ -47,7 +48,11 @@ OOM_ADVICE = (
 
 @dataclass(frozen=True)
 class StepInfo:
-    """Progress of one denoising step (1-based), with a cheap preview of the first image."""
+    """Progress of one denoising step (1-based), with a cheap preview of the first image.
+
+    `preview` is the newest one ready: this step's on the CPU, usually the previous step's on a
+    GPU (previews never make the GPU wait), None before the first is ready.
+    """
 
     step: int
     total: int
@@ -167,13 +172,7 @@ class Engine:
                     loading.PLACE_STAGE, loading.PLACE_STAGE, "Moving the model to the device"
                 ),
             )
-            if resolved.placement is Placement.offload:
-                pipe.enable_model_cpu_offload(device=device.torch_device)
-            elif resolved.placement is Placement.sequential:
-                pipe.enable_sequential_cpu_offload(device=device.torch_device)
-            else:
-                pipe.to(device.torch_device)
-            pipe.set_progress_bar_config(disable=True)
+            place_pipeline(pipe, resolved.placement, device)
         except SD3DeskError:
             free_memory(device)
             raise
@@ -188,7 +187,13 @@ class Engine:
                 "the files may be incomplete or of an unsupported variant",
                 path=str(source.path),
             ) from exc
-        # 5. identity for the metadata of every image (hash cached on disk after the first time)
+        return self.attach(pipe, source, resolved, notices)
+
+    def attach(
+        self, pipe: Any, source: ModelSource, plan: ResolvedPlan, notices: Sequence[str] = ()
+    ) -> LoadedModel:
+        """Adopt a pipeline already placed per `plan` (load() ends here; benchmarks use it)."""
+        # The model hash names the model in every image's metadata; cached on disk after once.
         hash_cache = self._cache_dir / "model-hashes.json" if self._cache_dir else None
         files = source.hash_files()
         identity = ModelIdentity(
@@ -196,8 +201,9 @@ class Engine:
             hash=model_hash(files, hash_cache) if files else "",
             family=source.family.value,
         )
+        pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
-        self._loaded = LoadedModel(source, identity, device, resolved, tuple(notices))
+        self._loaded = LoadedModel(source, identity, self.device(), plan, tuple(notices))
         return self._loaded
 
     def unload(self) -> None:
@@ -314,13 +320,15 @@ class Engine:
     ) -> Any:
         pipe = self._pipe
         _set_shift(pipe, params.shift)
-        pipe.vae.enable_tiling() if _wants_tiling(
-            params, self._loaded
-        ) else pipe.vae.disable_tiling()
+        if _wants_tiling(params, self._loaded):
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
         prompt_embeds, negative_embeds, pooled, negative_pooled = embeds
         batch = params.batch_size
         state = {"previous": latents[:1], "start": time.perf_counter()}
         state["last"] = state["start"]
+        previews = PreviewQueue()
 
         def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             # Raising here stops the pipeline before its next step and before any VAE decode.
@@ -328,7 +336,8 @@ class Engine:
             if on_step is not None:
                 now = time.perf_counter()
                 current = tensors["latents"][:1]
-                preview = self._preview(pipeline, i, current, state["previous"])
+                previews.submit(self._preview_rgb(pipeline, i, current, state["previous"]))
+                preview = previews.latest()
                 state["previous"] = current
                 on_step(
                     StepInfo(
@@ -356,12 +365,12 @@ class Engine:
         )
         return result.images
 
-    def _preview(self, pipe: Any, i: int, current: Any, previous: Any) -> Image.Image:
+    def _preview_rgb(self, pipe: Any, i: int, current: Any, previous: Any) -> Any:
         if self._preview_mode == "x0":
             previous = previous.to(device=current.device, dtype=current.dtype)
-            sigmas = pipe.scheduler.sigmas
-            current = predicted_x0(current, previous, float(sigmas[i + 1]), float(sigmas[i]))
-        return latents_to_image(current[0])
+            sigmas = pipe.scheduler.sigmas.to(current.device)
+            current = predicted_x0(current, previous, sigmas[i + 1], sigmas[i])
+        return latents_to_rgb(current[0])
 
     def _require_pipe(self) -> Any:
         if self._pipe is None:

@@ -46,6 +46,8 @@ SIZES = {
     "tiny": TestModelSize("tiny", 2, 4, 8, 32, 48, 2, (8, 8, 16, 16)),
     # "small": benchmarks; a 256x256 step takes a fraction of a second on a laptop CPU.
     "small": TestModelSize("small", 6, 8, 32, 64, 96, 2, (32, 64, 64, 64)),
+    # "medium": hundreds of MB of weights, for the loading-memory benchmark.
+    "medium": TestModelSize("medium", 12, 12, 64, 128, 192, 2, (64, 128, 128, 128)),
 }
 
 _CLIP_WORDS = ("a", "an", "the", "of", "in", "on", "and", "with", "cat", "dog", "photo", "red")

@@ -1,0 +1,46 @@
+"""Shared helpers for the benchmarks: cached random models, robust timing."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CACHE = ROOT / ".cache" / "bench"
+
+
+def model_dir(size: str) -> Path:
+    """The random test model of `size` as a diffusers folder, built once into .cache/bench."""
+    from sd3desk.inference.testmodel import write_test_model
+
+    folder = CACHE / f"{size}-sd3"
+    if not (folder / "model_index.json").exists():
+        write_test_model(folder, size)
+    return folder
+
+
+def single_file(size: str) -> Path:
+    from sd3desk.inference.testmodel import write_test_single_file
+
+    path = CACHE / f"{size}-sd3.safetensors"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        write_test_single_file(path, size)
+    return path
+
+
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, run in turns so drift on a shared machine hits all alike."""
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
