@@ -39,3 +39,14 @@ def test_help_is_fast_and_torch_free():
     assert result.returncode == 0
     assert "generate" in result.stdout
     assert " torch" not in result.stderr
+
+
+def test_devices_logic_imports_without_torch():
+    code = (
+        "import sys; import sd3desk.inference.devices, sd3desk.inference.models; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
