@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,6 +32,22 @@ def single_file(size: str) -> Path:
         CACHE.mkdir(parents=True, exist_ok=True)
         write_test_single_file(path, size)
     return path
+
+
+def bare_pipe_call(pipe: Any, params: Any) -> Any:
+    """The plain diffusers call the engine is compared with: same request, same CPU-seeded noise."""
+    import torch
+
+    return pipe(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        num_inference_steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        width=params.width,
+        height=params.height,
+        max_sequence_length=params.max_sequence_length,
+        generator=torch.Generator("cpu").manual_seed(params.seed),
+    )
 
 
 def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import interleaved_medians, model_dir
+from common import bare_pipe_call, interleaved_medians, model_dir
 
 from sd3desk.inference.engine import Engine
 from sd3desk.inference.models import resolve_model
@@ -42,15 +42,7 @@ def main() -> None:
     previews = []
 
     def bare() -> None:
-        pipe(
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance_scale,
-            width=params.width,
-            height=params.height,
-            generator=torch.Generator("cpu").manual_seed(params.seed),
-        )
+        bare_pipe_call(pipe, params)
 
     def ours() -> None:
         engine._prompt_cache.clear()  # no cache advantage: measure the engine's own overhead

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from common import bare_pipe_call
 
 from sd3desk.inference.devices import Placement, ResolvedPlan, pick_device, place_pipeline
 from sd3desk.inference.engine import Engine
@@ -109,16 +110,7 @@ def timed(fn) -> float:
 
 def measure_plan(engine: Engine, pipe, params: GenerationParams, repeats: int) -> dict:
     def bare() -> None:
-        pipe(
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance_scale,
-            width=params.width,
-            height=params.height,
-            max_sequence_length=params.max_sequence_length,
-            generator=torch.Generator("cpu").manual_seed(params.seed),
-        )
+        bare_pipe_call(pipe, params)
 
     def ours() -> None:
         engine._prompt_cache.clear()  # same work as the bare call: encode every time

@@ -253,17 +253,32 @@ def build_pipeline(size: str = "tiny", work_dir: Path | None = None) -> Any:
 
 def write_test_model(folder: Path, size: str = "tiny") -> Path:
     """Write the test model as a diffusers folder (model_index.json + components) at `folder`."""
+    return _write_folder(Path(folder), size, weights=True)
+
+
+def write_config_folder(folder: Path, size: str) -> Path:
+    """Configs and tokenizers (no weights) of a test-model size: what a single file needs."""
     folder = Path(folder)
+    if (folder / "model_index.json").exists():
+        return folder
+    return _write_folder(folder, size, weights=False)
+
+
+def _write_folder(folder: Path, size: str, weights: bool) -> Path:
+    """Build the model in a staging folder beside `folder`, then move it into place whole."""
     if size not in SIZES:
         raise ValueError(f"unknown test model size {size!r}; choose from {', '.join(SIZES)}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     staging.chmod(0o755)
     try:
-        pipe = build_pipeline(size)
-        pipe.save_pretrained(staging, safe_serialization=True)
-        marker = {"format": HEADER_KEY, "size": size, "note": NOTE}
-        (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", "utf-8")
+        build_pipeline(size).save_pretrained(staging, safe_serialization=True)
+        if weights:
+            marker = {"format": HEADER_KEY, "size": size, "note": NOTE}
+            (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", "utf-8")
+        else:
+            for file in staging.rglob("*.safetensors"):
+                file.unlink()
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
@@ -276,7 +291,7 @@ def write_test_single_file(
     path: Path, size: str = "tiny", *, clips: bool = True, t5: bool = True
 ) -> Path:
     """Write the test model as one .safetensors checkpoint in Stability AI's original layout."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from sd3desk.atomic import atomic_write_bytes
     from sd3desk.inference.checkpoint_layout import to_single_file_state_dict
@@ -290,31 +305,5 @@ def write_test_single_file(
         pipe.text_encoder_3 if t5 else None,
     )
     path = Path(path)
-    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
-        staged = Path(tmp) / "model.safetensors"
-        save_file(state, str(staged), metadata={HEADER_KEY: size})
-        atomic_write_bytes(path, staged.read_bytes())
+    atomic_write_bytes(path, save(state, metadata={HEADER_KEY: size}))
     return path
-
-
-def write_config_folder(folder: Path, size: str) -> Path:
-    """Configs and tokenizers (no weights) of a test-model size: what a single file needs."""
-    folder = Path(folder)
-    if (folder / "model_index.json").exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    staging.chmod(0o755)
-    try:
-        pipe = build_pipeline(size)
-        pipe.save_pretrained(staging, safe_serialization=True)
-        for weights in staging.rglob("*.safetensors"):
-            weights.unlink()
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not (folder / "model_index.json").exists():  # another process won the race
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
