@@ -213,7 +213,8 @@ def _generate(args: argparse.Namespace, paths: AppPaths) -> int:
         model_dirs=model_dirs,
     )
     cancel = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(cancel))
+    denoising = threading.Event()  # set while Ctrl+C should stop at the next step
+    previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(cancel, denoising))
     progress = _Progress(sys.stderr)
     try:
         loaded = engine.load(
@@ -235,7 +236,11 @@ def _generate(args: argparse.Namespace, paths: AppPaths) -> int:
                 batch_size=min(params.batch_size, remaining)
             )
             progress.start(n + 1, passes, job.seed)
-            result = engine.generate(job, on_step=progress.step, cancel=cancel)
+            denoising.set()
+            try:
+                result = engine.generate(job, on_step=progress.step, cancel=cancel)
+            finally:
+                denoising.clear()
             for image, image_params in zip(result.images, result.params, strict=True):
                 path = save_generated(image, ImageMetadata(image_params, result.model), out_dir)
                 progress.clear()
@@ -248,9 +253,12 @@ def _generate(args: argparse.Namespace, paths: AppPaths) -> int:
     return EXIT_OK
 
 
-def _on_interrupt(cancel: threading.Event) -> None:
-    if cancel.is_set():
-        raise KeyboardInterrupt  # second Ctrl+C: stop now
+def _on_interrupt(cancel: threading.Event, denoising: threading.Event) -> None:
+    """Ctrl+C while denoising stops at the end of the step; at any other time, or a second
+    time, at once (a save cut short leaves no file: writes are atomic)."""
+    if cancel.is_set() or not denoising.is_set():
+        cancel.set()
+        raise KeyboardInterrupt
     cancel.set()
 
 
