@@ -40,6 +40,7 @@ from sd3desk.settings import Device, MemoryPlan
 
 # Above this many pixels the VAE decodes in tiles, so big images fit in modest VRAM.
 VAE_TILING_PIXELS = 1536 * 1536
+_LOAD_LOCK = threading.Lock()
 OOM_ADVICE = (
     "Try a smaller size or fewer images per job, the 'offload' or 'sequential' memory plan, "
     "or running without T5 ('no-t5'). Memory has been freed; the next job can run normally."
@@ -155,15 +156,17 @@ class Engine:
         # 2. free the previous model before reading the next one
         self.unload()
         try:
-            # 3. read every component through diffusers/transformers, offline
-            pipe, use_t5, notices = loading.load_pipeline(
-                source,
-                dtype=device.dtype,
-                use_t5=resolved.use_t5,
-                cache_dir=self._cache_dir,
-                model_dirs=self._model_dirs,
-                on_stage=on_stage,
-            )
+            # 3. read every component through diffusers/transformers, offline; one load at a
+            # time per process, because their loaders patch torch globally while they run
+            with _LOAD_LOCK:
+                pipe, use_t5, notices = loading.load_pipeline(
+                    source,
+                    dtype=device.dtype,
+                    use_t5=resolved.use_t5,
+                    cache_dir=self._cache_dir,
+                    model_dirs=self._model_dirs,
+                    on_stage=on_stage,
+                )
             resolved = ResolvedPlan(resolved.placement, use_t5)
             # 4. place the weights
             _report(

@@ -1,0 +1,346 @@
+"""QThread workers that each own an Engine, and the runner that feeds them from the JobQueue.
+
+torch and diffusers are imported in the worker thread when its first job arrives, never on the
+GUI thread. Workers report with signals carrying frozen dataclasses; only the runner (GUI thread)
+changes the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from sd3desk.errors import (
+    GenerationCancelled,
+    InvalidParamsError,
+    ModelError,
+    OutOfMemoryError,
+    SD3DeskError,
+)
+from sd3desk.jobs import DONE, Job, JobQueue
+from sd3desk.settings import Device, MemoryPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: int
+    worker: int
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    job_id: int
+    step: int
+    total: int
+    elapsed_s: float
+    step_s: float
+    preview: Image.Image | None
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    job_id: int
+    outputs: tuple[str, ...]
+    seconds_per_step: float
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    job_id: int
+    kind: str  # "out_of_memory", "model", "invalid", "error"
+    message: str
+    advice: str
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    job_id: int
+    step: int
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """What a worker's engine is doing, for the status line."""
+
+    worker: int
+    state: str  # "starting", "loading", "ready", "generating", "failed"
+    text: str
+    stage: int = 0
+    stages: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs besides its jobs."""
+
+    out_dir: Path
+    cache_dir: Path
+    device: Device = Device.auto
+    memory_plan: MemoryPlan = MemoryPlan.auto
+    model_dirs: tuple[Path, ...] = ()
+
+
+EngineFactory = Callable[[WorkerConfig], Any]
+
+
+def default_engine_factory(config: WorkerConfig) -> Any:
+    from sd3desk.inference.engine import Engine  # imports torch lazily, in the worker thread
+
+    return Engine(config.device, cache_dir=config.cache_dir, model_dirs=config.model_dirs)
+
+
+class Worker(QObject):
+    """Runs one job at a time on one device.
+
+    Thread rule: lives in its own QThread (`start()` moves it there). Jobs arrive through
+    `submitted` (a queued connection); it never touches the JobQueue, only emits events.
+    `cancel()` may be called from any thread.
+    """
+
+    submitted = Signal(object)
+    job_started = Signal(object)
+    step_progressed = Signal(object)
+    job_finished = Signal(object)
+    job_failed = Signal(object)
+    job_cancelled = Signal(object)
+    engine_state_changed = Signal(object)
+
+    def __init__(self, index: int, config: WorkerConfig, engine_factory: EngineFactory) -> None:
+        super().__init__()
+        self.index = index
+        self.config = config
+        self._engine_factory = engine_factory
+        self._engine: Any = None
+        self._lock = threading.Lock()
+        self._current: tuple[int, threading.Event] | None = None
+        self.thread_ = QThread()
+        self.thread_.setObjectName(f"sd3desk-worker-{index}")
+        self.moveToThread(self.thread_)
+        self.submitted.connect(self._run)
+
+    def start(self) -> None:
+        self.thread_.start()
+
+    def stop(self) -> None:
+        self.cancel(None)
+        self.thread_.quit()
+        self.thread_.wait()
+
+    def cancel(self, job_id: int | None) -> None:
+        """Stop the running job (any job when `job_id` is None) within one step."""
+        with self._lock:
+            if self._current and (job_id is None or self._current[0] == job_id):
+                self._current[1].set()
+
+    def _state(self, state: str, text: str, stage: int = 0, stages: int = 0) -> None:
+        self.engine_state_changed.emit(EngineState(self.index, state, text, stage, stages))
+
+    @Slot(object)
+    def _run(self, job: Job) -> None:
+        cancel = threading.Event()
+        with self._lock:
+            self._current = (job.id, cancel)
+        self.job_started.emit(JobStarted(job.id, self.index))
+        try:
+            self.job_finished.emit(self._generate(job, cancel))
+        except GenerationCancelled as exc:
+            self.job_cancelled.emit(JobCancelled(job.id, exc.step))
+        except Exception as exc:
+            self.job_failed.emit(_failure(job.id, exc))
+            if isinstance(exc, ModelError):
+                self._state("failed", exc.message)
+        finally:
+            with self._lock:
+                self._current = None
+
+    def _generate(self, job: Job, cancel: threading.Event) -> JobFinished:
+        from sd3desk.inference.models import resolve_model
+        from sd3desk.metadata import ImageMetadata
+        from sd3desk.outputs import save_generated
+
+        # 1. the engine, created here so torch is imported on this thread, not the GUI's
+        if self._engine is None:
+            self._state("starting", "Starting the engine…")
+            self._engine = self._engine_factory(self.config)
+        engine = self._engine
+        # 2. the job's model, loaded once and kept until a job needs another one
+        source = resolve_model(
+            job.params.model, test_model_dir=self.config.cache_dir / "test-model"
+        )
+        loaded = engine.loaded
+        if loaded is None or loaded.source.path != source.path:
+            engine.load(
+                source,
+                self.config.memory_plan,
+                on_stage=lambda s: self._state("loading", s.text + "…", s.index, s.total),
+            )
+            self._state("ready", f"Ready: {engine.loaded.describe()}")
+        if cancel.is_set():
+            raise GenerationCancelled(0)
+        # 3. generate, reporting every step
+        self._state("generating", f"Generating job {job.id}")
+
+        def on_step(info: Any) -> None:
+            self.step_progressed.emit(
+                StepProgress(
+                    job.id, info.step, info.total, info.elapsed_s, info.step_s, info.preview
+                )
+            )
+
+        result = engine.generate(job.params, on_step=on_step, cancel=cancel)
+        # 4. save each image atomically with its own parameters inside
+        outputs = tuple(
+            str(save_generated(image, ImageMetadata(params, result.model), self.config.out_dir))
+            for image, params in zip(result.images, result.params, strict=True)
+        )
+        self._state("ready", f"Ready: {engine.loaded.describe()}")
+        per_step = result.timings.get("denoise_s", 0.0) / max(job.params.steps, 1)
+        return JobFinished(job.id, outputs, per_step, dict(result.timings))
+
+
+def _failure(job_id: int, exc: Exception) -> JobFailed:
+    """Words for the user; the traceback goes to the log only."""
+    if isinstance(exc, OutOfMemoryError):
+        return JobFailed(job_id, "out_of_memory", exc.message, exc.advice)
+    if isinstance(exc, ModelError):
+        return JobFailed(job_id, "model", exc.message, exc.advice)
+    if isinstance(exc, InvalidParamsError):
+        return JobFailed(job_id, "invalid", exc.message, "fix the settings and queue it again")
+    if isinstance(exc, SD3DeskError):
+        return JobFailed(job_id, "error", exc.message, exc.advice)
+    log.exception("job %s failed", job_id, exc_info=exc)
+    return JobFailed(job_id, "error", f"the job failed: {exc}", "details are in the log file")
+
+
+class QueueRunner(QObject):
+    """Feeds idle workers from the JobQueue and applies their reports to it.
+
+    Thread rule: GUI thread only. It owns the queue; workers' signals arrive here as queued
+    connections. `job_changed` carries the updated Job after every change.
+    """
+
+    job_changed = Signal(object)
+    step_progressed = Signal(object)
+    engine_state_changed = Signal(object)
+    job_failed = Signal(object)
+    idle = Signal()  # nothing running and nothing the workers may take
+
+    def __init__(self, queue: JobQueue, workers: list[Worker]) -> None:
+        super().__init__()
+        self.queue = queue
+        self.workers = workers
+        self._busy: dict[int, int] = {}  # worker index -> job id
+        self._progress: dict[int, int] = {}  # job id -> steps done
+        self._stop_after_current = False
+        for worker in workers:
+            worker.job_started.connect(self._on_worker_job_started)
+            worker.step_progressed.connect(self._on_worker_step_progressed)
+            worker.job_finished.connect(self._on_worker_job_finished)
+            worker.job_failed.connect(self._on_worker_job_failed)
+            worker.job_cancelled.connect(self._on_worker_job_cancelled)
+            worker.engine_state_changed.connect(self.engine_state_changed)
+
+    # ------------------------------------------------------------------ control (GUI thread)
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+        self.dispatch()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    def enqueue(self, params: Any, front: bool = False) -> Job:
+        job = self.queue.enqueue(params, front)
+        self.job_changed.emit(job)
+        self.dispatch()
+        return job
+
+    def cancel(self, job_id: int) -> None:
+        """A waiting job is cancelled at once; a running one stops within one step."""
+        job = self.queue.get(job_id)
+        if job.state.value == "queued":
+            self.job_changed.emit(self.queue.cancel_queued(job_id))
+        elif job.state.value == "running":
+            for worker in self.workers:
+                worker.cancel(job_id)
+
+    def set_paused(self, paused: bool) -> None:
+        self.queue.set_paused(paused)
+        self._stop_after_current = False
+        self.dispatch()
+
+    def stop_after_current(self) -> None:
+        self._stop_after_current = True
+
+    def progress(self, job_id: int) -> int:
+        return self._progress.get(job_id, 0)
+
+    def eta(self, job_id: int) -> Any:
+        return self.queue.eta(job_id, dict(self._progress))
+
+    def dispatch(self) -> None:
+        """Give each idle worker the next waiting job."""
+        for worker in self.workers:
+            if worker.index in self._busy:
+                continue
+            job = self.queue.next_job()
+            if job is None:
+                break
+            job = self.queue.mark_running(job.id)
+            self._busy[worker.index] = job.id
+            self.job_changed.emit(job)
+            worker.submitted.emit(job)
+        if not self._busy:
+            self.idle.emit()
+
+    # ------------------------------------------------------------------ worker reports
+
+    def _ended(self, job_id: int, job: Job) -> None:
+        self._busy = {w: j for w, j in self._busy.items() if j != job_id}
+        self._progress.pop(job_id, None)
+        self.job_changed.emit(job)
+        if self._stop_after_current and not self._busy:
+            self._stop_after_current = False
+            self.queue.set_paused(True)
+        self.dispatch()
+
+    @Slot(object)
+    def _on_worker_job_started(self, event: JobStarted) -> None:
+        self._progress[event.job_id] = 0
+
+    @Slot(object)
+    def _on_worker_step_progressed(self, event: StepProgress) -> None:
+        self._progress[event.job_id] = event.step
+        self.step_progressed.emit(event)
+
+    @Slot(object)
+    def _on_worker_job_finished(self, event: JobFinished) -> None:
+        job = self.queue.mark_finished(event.job_id, list(event.outputs))
+        if event.seconds_per_step > 0:
+            self.queue.record_timing(job.params, event.seconds_per_step)
+        self._ended(event.job_id, job)
+
+    @Slot(object)
+    def _on_worker_job_failed(self, event: JobFailed) -> None:
+        job = self.queue.mark_failed(event.job_id, event.kind, event.message, event.advice)
+        self.job_failed.emit(event)
+        self._ended(event.job_id, job)
+
+    @Slot(object)
+    def _on_worker_job_cancelled(self, event: JobCancelled) -> None:
+        job = self.queue.get(event.job_id)
+        if job.state not in DONE:
+            job = self.queue.mark_cancelled(event.job_id)
+        self._ended(event.job_id, job)

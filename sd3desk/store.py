@@ -1,0 +1,108 @@
+"""One SQLite file (WAL, versioned schema with migrations) holding the job queue and timings."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Each entry migrates the schema from version i to i + 1; never edit a released entry.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sort_key REAL NOT NULL,
+        state TEXT NOT NULL,
+        params TEXT NOT NULL,
+        created REAL NOT NULL,
+        started REAL,
+        ended REAL,
+        crashes INTEGER NOT NULL DEFAULT 0,
+        note TEXT NOT NULL DEFAULT '',
+        error_kind TEXT NOT NULL DEFAULT '',
+        error_message TEXT NOT NULL DEFAULT '',
+        error_advice TEXT NOT NULL DEFAULT '',
+        outputs TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, sort_key);
+    CREATE TABLE timings (key TEXT PRIMARY KEY, seconds_per_step REAL NOT NULL,
+                          samples INTEGER NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Store:
+    """The app's database. Thread rule: use it from the thread that opened it (the GUI thread).
+
+    Every write is committed before the method returns, so a crash loses nothing acknowledged.
+    A database that cannot be read is moved aside (never deleted) and a fresh one started;
+    `notices` then says so.
+    """
+
+    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else None
+        self.clock = clock
+        self.notices: list[str] = []
+        try:
+            self.db = self._open(str(path))
+        except sqlite3.DatabaseError as exc:
+            if self.path is None:
+                raise
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{int(clock())}")
+            self.path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            self.notices.append(
+                f"The queue database could not be read ({exc}); it was moved to {aside} and a "
+                "new one started."
+            )
+            log.warning("moved unreadable database to %s: %s", aside, exc)
+            self.db = self._open(str(path))
+
+    def _open(self, path: str) -> sqlite3.Connection:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a committed transaction survives the app being killed.
+            db.execute("PRAGMA synchronous=NORMAL")
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+            self._migrate(db)
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version} is newer than this sd3desk ({SCHEMA_VERSION})"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            db.executescript(
+                f"BEGIN; {MIGRATIONS[step]}; PRAGMA user_version = {step + 1}; COMMIT;"
+            )
+
+    def get_meta(self, key: str, default: str = "") -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,199 @@
+"""The QThread worker and the queue runner on the tiny model, plus a fault-injecting engine."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from sd3desk.errors import ModelError, OutOfMemoryError
+from sd3desk.inference.worker import (
+    JobFailed,
+    QueueRunner,
+    Worker,
+    WorkerConfig,
+    default_engine_factory,
+)
+from sd3desk.jobs import JobQueue, JobState
+from sd3desk.metadata import read_metadata
+from sd3desk.params import GenerationParams
+from sd3desk.settings import Device
+from sd3desk.store import Store
+
+TIMEOUT = 60_000
+
+
+@pytest.fixture
+def make_runner(tmp_path, cache_dir, qtbot):
+    runners = []
+
+    def make(workers: int = 1, factory=default_engine_factory) -> QueueRunner:
+        queue = JobQueue(Store(tmp_path / "sd3desk.db"))
+        config = WorkerConfig(out_dir=tmp_path / "out", cache_dir=cache_dir, device=Device.cpu)
+        runner = QueueRunner(queue, [Worker(i, config, factory) for i in range(workers)])
+        runners.append(runner)
+        return runner
+
+    yield make
+    for runner in runners:
+        runner.stop()
+
+
+def params(model: Path, **changes) -> GenerationParams:
+    base = GenerationParams(
+        "a cat", seed=1, steps=3, guidance_scale=4.0, width=256, height=256, model=str(model)
+    )
+    return base.replace(**changes)
+
+
+def wait_done(qtbot, runner: QueueRunner, *job_ids: int) -> None:
+    qtbot.waitUntil(
+        lambda: all(
+            runner.queue.get(j).state in (JobState.finished, JobState.failed, JobState.cancelled)
+            for j in job_ids
+        ),
+        timeout=TIMEOUT,
+    )
+
+
+def test_jobs_run_in_order_and_land_as_pngs(qtbot, make_runner, tiny_model_dir, tmp_path):
+    runner = make_runner()
+    steps, states = [], []
+    runner.step_progressed.connect(steps.append)
+    runner.engine_state_changed.connect(lambda s: states.append(s.state))
+    runner.start()
+    a = runner.enqueue(params(tiny_model_dir))
+    b = runner.enqueue(params(tiny_model_dir, seed=None, batch_size=2))
+    wait_done(qtbot, runner, a.id, b.id)
+    done_a, done_b = runner.queue.get(a.id), runner.queue.get(b.id)
+    assert done_a.state is done_b.state is JobState.finished
+    assert len(done_a.outputs) == 1 and len(done_b.outputs) == 2
+    meta = read_metadata(done_b.outputs[1])
+    assert meta.params.seed == done_b.params.seed + 1
+    assert [s.step for s in steps if s.job_id == a.id] == [1, 2, 3]
+    assert states.count("loading") >= 1 and "generating" in states
+    assert states.index("starting") == 0
+    assert runner.eta(runner.queue.enqueue(params(tiny_model_dir)).id).estimated is False
+
+
+def test_cancel_running_job_stops_within_a_step_and_writes_nothing(
+    qtbot, make_runner, tiny_model_dir, tmp_path
+):
+    runner = make_runner()
+    runner.start()
+    long = runner.enqueue(params(tiny_model_dir, steps=150, width=1024, height=1024))
+    after = runner.enqueue(params(tiny_model_dir))
+    seen = []
+    runner.step_progressed.connect(lambda s: seen.append(s.step) if s.job_id == long.id else None)
+    qtbot.waitUntil(lambda: len(seen) >= 2, timeout=TIMEOUT)
+    runner.cancel(long.id)
+    wait_done(qtbot, runner, long.id, after.id)
+    assert runner.queue.get(long.id).state is JobState.cancelled
+    assert max(seen) < 150
+    assert runner.queue.get(after.id).state is JobState.finished
+    pngs = list((tmp_path / "out").rglob("*.png"))
+    assert [str(p) for p in pngs] == list(runner.queue.get(after.id).outputs)
+
+
+def test_cancel_queued_pause_and_stop_after_current(qtbot, make_runner, tiny_model_dir):
+    runner = make_runner()
+    runner.set_paused(True)
+    runner.start()
+    a, b, c = (runner.enqueue(params(tiny_model_dir)) for _ in range(3))
+    qtbot.wait(200)
+    assert runner.queue.get(a.id).state is JobState.queued  # paused: nothing starts
+    runner.cancel(b.id)
+    assert runner.queue.get(b.id).state is JobState.cancelled
+    runner.stop_after_current()
+    runner.set_paused(False)  # resuming clears "stop after current"
+    runner.stop_after_current()
+    wait_done(qtbot, runner, a.id)
+    qtbot.wait(200)
+    assert runner.queue.paused
+    assert runner.queue.get(c.id).state is JobState.queued
+
+
+class FaultyEngine:
+    """Wraps the real engine and injects one fault per configured call."""
+
+    def __init__(self, real, faults: list[Exception | None], load_fault: Exception | None = None):
+        self.real, self.faults, self.load_fault = real, faults, load_fault
+
+    @property
+    def loaded(self):
+        return self.real.loaded
+
+    def load(self, *args, **kwargs):
+        if self.load_fault is not None:
+            fault, self.load_fault = self.load_fault, None
+            raise fault
+        return self.real.load(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        fault = self.faults.pop(0) if self.faults else None
+        if fault is not None:
+            raise fault
+        return self.real.generate(*args, **kwargs)
+
+
+def test_faults_fail_only_their_job(qtbot, make_runner, tiny_model_dir):
+    oom = OutOfMemoryError("the device ran out of memory", "try a smaller size")
+    faults = [oom, RuntimeError("a bad step"), None]
+    runner = make_runner(
+        factory=lambda config: FaultyEngine(
+            default_engine_factory(config),
+            faults,
+            ModelError("cannot read model", "download again"),
+        )
+    )
+    failures: list[JobFailed] = []
+    runner.job_failed.connect(failures.append)
+    runner.start()
+    jobs = [runner.enqueue(params(tiny_model_dir)) for _ in range(4)]
+    wait_done(qtbot, runner, *(j.id for j in jobs))
+    states = [runner.queue.get(j.id).state for j in jobs]
+    assert states == [JobState.failed, JobState.failed, JobState.failed, JobState.finished]
+    assert [f.kind for f in failures] == ["model", "out_of_memory", "error"]
+    assert runner.queue.get(jobs[1].id).error_advice == "try a smaller size"
+    assert "a bad step" in failures[2].message
+
+
+def test_a_missing_model_fails_the_job_with_the_reason(
+    qtbot, make_runner, tiny_model_dir, tmp_path
+):
+    runner = make_runner()
+    runner.start()
+    bad = runner.enqueue(params(tmp_path / "missing.safetensors"))
+    good = runner.enqueue(params(tiny_model_dir))
+    wait_done(qtbot, runner, bad.id, good.id)
+    assert runner.queue.get(bad.id).error_kind == "model"
+    assert "no model at" in runner.queue.get(bad.id).error_message
+    assert runner.queue.get(good.id).state is JobState.finished
+
+
+def test_two_workers_share_one_queue(qtbot, make_runner, tiny_model_dir):
+    runner = make_runner(workers=2)
+    used = set()
+    for worker in runner.workers:
+        worker.job_started.connect(lambda e: used.add(e.worker))
+    runner.start()
+    jobs = [runner.enqueue(params(tiny_model_dir, seed=k, steps=6)) for k in range(6)]
+    wait_done(qtbot, runner, *(j.id for j in jobs))
+    outcomes = [(runner.queue.get(j.id).state, runner.queue.get(j.id).error_message) for j in jobs]
+    assert all(state is JobState.finished for state, _ in outcomes), outcomes
+    assert used == {0, 1}
+
+
+def test_torch_is_imported_on_the_worker_thread(qtbot, make_runner, tiny_model_dir):
+    threads = []
+
+    def factory(config):
+        threads.append(threading.current_thread().name)
+        return default_engine_factory(config)
+
+    runner = make_runner(factory=factory)
+    runner.start()
+    job = runner.enqueue(params(tiny_model_dir))
+    wait_done(qtbot, runner, job.id)
+    assert threads and threads[0] != threading.main_thread().name

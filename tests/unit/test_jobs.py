@@ -1,0 +1,160 @@
+"""JobQueue and Store: persistence, transitions, ordering, recovery after a crash, ETA."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from sd3desk.jobs import CRASH_LIMIT, JobQueue, JobState, SeedPolicy, TransitionError
+from sd3desk.params import GenerationParams
+from sd3desk.store import SCHEMA_VERSION, Store
+
+P = GenerationParams("a cat", seed=10, steps=20, width=512, height=512, model="m")
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "sd3desk.db"
+
+
+def open_queue(path) -> JobQueue:
+    return JobQueue(Store(path))
+
+
+def ids(jobs) -> list[int]:
+    return [j.id for j in jobs]
+
+
+def test_enqueue_persists_before_returning_and_resolves_random_seeds(db_path):
+    queue = open_queue(db_path)
+    a = queue.enqueue(P)
+    b = queue.enqueue(P.replace(seed=None))
+    assert b.params.seed is not None
+    # A second connection (another process after a crash) sees both at once.
+    again = open_queue(db_path)
+    assert [j.params for j in again.queued()] == [a.params, b.params]
+    assert again.store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert again.store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_front_back_and_moves(db_path):
+    queue = open_queue(db_path)
+    a, b, c = (queue.enqueue(P) for _ in range(3))
+    d = queue.enqueue(P, front=True)
+    assert ids(queue.queued()) == [d.id, a.id, b.id, c.id]
+    queue.move(c.id, "up")
+    assert ids(queue.queued()) == [d.id, a.id, c.id, b.id]
+    queue.move(d.id, "down")
+    queue.move(b.id, "top")
+    assert ids(queue.queued()) == [b.id, a.id, d.id, c.id]
+    queue.move_to(b.id, 3)
+    assert ids(queue.queued()) == [a.id, d.id, c.id, b.id]
+    assert queue.position(c.id) == 3
+    assert ids(open_queue(db_path).queued()) == [a.id, d.id, c.id, b.id]
+
+
+def test_transitions_are_checked(db_path):
+    queue = open_queue(db_path)
+    job = queue.enqueue(P)
+    queue.mark_running(job.id)
+    queue.mark_finished(job.id, ["/out/1.png"])
+    with pytest.raises(TransitionError):
+        queue.mark_running(job.id)
+    with pytest.raises(TransitionError):
+        queue.move(job.id, "up")
+    assert queue.get(job.id).outputs == ("/out/1.png",)
+    assert queue.get(job.id).state is JobState.finished
+
+
+def test_cancel_duplicate_clear(db_path):
+    queue = open_queue(db_path)
+    a, b = queue.enqueue(P), queue.enqueue(P.replace(prompt="b"))
+    copy = queue.duplicate(a.id)
+    assert ids(queue.queued()) == [a.id, copy.id, b.id]
+    assert copy.params == a.params
+    queue.cancel_queued(b.id)
+    assert queue.get(b.id).state is JobState.cancelled
+    queue.mark_running(a.id)
+    queue.mark_failed(a.id, "oom", "out of memory", "smaller size")
+    assert queue.clear_finished() == 2
+    assert ids(queue.jobs()) == [copy.id]
+
+
+def test_variations_follow_the_seed_policy(db_path):
+    queue = open_queue(db_path)
+    fixed = queue.enqueue_variations(P, 3, SeedPolicy.fixed)
+    assert [j.params.seed for j in fixed] == [10, 10, 10]
+    stepped = queue.enqueue_variations(P.replace(batch_size=2), 3, SeedPolicy.increment)
+    assert [j.params.seed for j in stepped] == [10, 12, 14]  # no image repeats a seed
+    randomised = queue.enqueue_variations(P, 3, SeedPolicy.random)
+    assert randomised[0].params.seed == 10 and len({j.params.seed for j in randomised}) == 3
+
+
+def test_pause_is_remembered(db_path):
+    queue = open_queue(db_path)
+    queue.enqueue(P)
+    queue.set_paused(True)
+    assert queue.next_job() is None
+    again = open_queue(db_path)
+    assert again.paused and again.next_job() is None
+    again.set_paused(False)
+    assert again.next_job() is not None
+
+
+def test_a_crash_puts_the_running_job_back_in_front_and_twice_fails_it(db_path):
+    queue = open_queue(db_path)
+    a, b, c = (queue.enqueue(P) for _ in range(3))
+    queue.mark_running(b.id)
+    # The process dies here. The next start:
+    after = open_queue(db_path)
+    assert ids(after.queued()) == [b.id, a.id, c.id]
+    assert after.get(b.id).note.startswith("interrupted") and after.get(b.id).crashes == 1
+    after.mark_running(b.id)
+    again = open_queue(db_path)  # second stop during the same job
+    assert again.get(b.id).state is JobState.failed
+    assert again.get(b.id).crashes == CRASH_LIMIT
+    assert "stopped twice" in again.get(b.id).error_message
+    assert ids(again.queued()) == [a.id, c.id]
+    assert any("stopped twice" in n for n in again.notices)
+
+
+def test_a_corrupt_database_is_moved_aside_not_deleted(db_path):
+    db_path.write_bytes(b"this is not sqlite" * 100)
+    queue = open_queue(db_path)
+    assert queue.notices and "moved to" in queue.notices[0]
+    aside = [p for p in db_path.parent.iterdir() if ".unreadable-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not sqlite")
+    assert queue.enqueue(P).id == 1
+
+
+def test_a_newer_schema_is_not_touched(db_path):
+    db = sqlite3.connect(db_path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    db.close()
+    queue = open_queue(db_path)
+    assert "newer" in queue.notices[0]
+
+
+def test_eta_uses_measured_speed_and_marks_first_use_estimates(db_path):
+    queue = open_queue(db_path)
+    a = queue.enqueue(P)
+    b = queue.enqueue(P.replace(batch_size=2))
+    first = queue.eta(b.id)
+    assert first is not None and first.estimated
+    queue.record_timing(P, 0.5)
+    eta = queue.eta(b.id)
+    assert not eta.estimated
+    assert eta.seconds == pytest.approx(0.5 * 20 + 0.5 * 20 * 2)
+    queue.mark_running(a.id)
+    assert queue.eta(b.id, {a.id: 10}).seconds == pytest.approx(0.5 * 10 + 0.5 * 40)
+    bigger = queue.enqueue(P.replace(width=1024, height=1024))
+    assert queue.eta(bigger.id).estimated  # scaled from the 512² measurement, and says so
+
+
+def test_a_thousand_jobs_restore_in_order(db_path):
+    queue = open_queue(db_path)
+    made = queue.enqueue_variations(P, 1000)
+    restored = open_queue(db_path).queued()
+    assert ids(restored) == ids(made)
+    assert restored[-1].params.seed == P.seed + 999
