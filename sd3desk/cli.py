@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +12,6 @@ from typing import Any
 from sd3desk import __version__
 from sd3desk.errors import (
     FieldError,
-    GenerationCancelled,
     InvalidParamsError,
     ModelError,
     SD3DeskError,
@@ -59,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sd3desk",
         description="Generate images with Stable Diffusion 3 on your own machine.",
         epilog="Run 'sd3desk COMMAND --help' for a command's options. "
-        "The desktop window is not part of this version yet; use 'generate'.",
+        "The desktop window is not part of this version yet; use 'generate' or 'queue'.",
     )
     parser.add_argument("--version", action="version", version=f"sd3desk {__version__}")
     parser.add_argument("--data-dir", type=Path, help="keep settings, cache and outputs under DIR")
@@ -67,6 +63,47 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     gen = commands.add_parser("generate", help="make images from a prompt and save them as PNG")
+    _add_generation_args(gen)
+    gen.add_argument("--out", type=Path, help="output folder (default: your Pictures/sd3desk)")
+    _add_engine_args(gen)
+
+    queue = commands.add_parser("queue", help="the persistent job queue (shared with the window)")
+    actions = queue.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    add = actions.add_parser("add", help="queue images without running them")
+    _add_generation_args(add)
+    add.add_argument("--front", action="store_true", help="put the jobs first in the queue")
+    actions.add_parser("list", help="show queued, running and recent jobs with their ETA")
+    run = actions.add_parser(
+        "run",
+        help="run queued jobs until none is left (Ctrl+C stops; "
+        "the running job goes back to the front)",
+    )
+    run.add_argument("--out", type=Path, help="output folder (default: your Pictures/sd3desk)")
+    _add_engine_args(run)
+
+    models = commands.add_parser("models", help="list the SD3 models sd3desk can find")
+    models.add_argument(
+        "--model-dir", type=Path, action="append", default=[], help="also look in DIR (repeatable)"
+    )
+
+    make = commands.add_parser(
+        "make-test-model",
+        help="write the tiny random test model "
+        "(images are noise; for trying the app and for tests)",
+    )
+    make.add_argument(
+        "path",
+        type=Path,
+        help="a folder (diffusers layout) or a FILE.safetensors (single-file checkpoint)",
+    )
+    make.add_argument("--size", choices=("tiny", "small", "medium"), default="tiny")
+    make.add_argument("--no-clips", action="store_true", help="single file: leave out CLIP-L/G")
+    make.add_argument("--no-t5", action="store_true", help="single file: leave out T5")
+    return parser
+
+
+def _add_generation_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--model",
         required=True,
@@ -93,32 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(p.name for p in SIZE_PRESETS if ":" in p.name and " " not in p.name),
     )
     gen.add_argument("--count", type=int, default=1, help="how many images (default 1)")
-    gen.add_argument("--batch", type=int, default=1, help="images per pass, 1-16 (default 1)")
+    gen.add_argument("--batch", type=int, default=1, help="images per job, 1-16 (default 1)")
     gen.add_argument("--shift", type=float, help="scheduler shift, 0.1-20 (model default)")
     gen.add_argument("--t5-length", type=int, help="T5 max sequence length, 1-512 (default 256)")
-    gen.add_argument("--out", type=Path, help="output folder (default: your Pictures/sd3desk)")
-    gen.add_argument("--device", choices=[d.value for d in Device], help="default: auto")
-    gen.add_argument("--memory", choices=[m.value for m in MemoryPlan], help="default: auto")
 
-    models = commands.add_parser("models", help="list the SD3 models sd3desk can find")
-    models.add_argument(
-        "--model-dir", type=Path, action="append", default=[], help="also look in DIR (repeatable)"
-    )
 
-    make = commands.add_parser(
-        "make-test-model",
-        help="write the tiny random test model "
-        "(images are noise; for trying the app and for tests)",
-    )
-    make.add_argument(
-        "path",
-        type=Path,
-        help="a folder (diffusers layout) or a FILE.safetensors (single-file checkpoint)",
-    )
-    make.add_argument("--size", choices=("tiny", "small", "medium"), default="tiny")
-    make.add_argument("--no-clips", action="store_true", help="single file: leave out CLIP-L/G")
-    make.add_argument("--no-t5", action="store_true", help="single file: leave out T5")
-    return parser
+def _add_engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=[d.value for d in Device], help="default: auto")
+    parser.add_argument("--memory", choices=[m.value for m in MemoryPlan], help="default: auto")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_OK
-    handlers = {"generate": _generate, "models": _models, "make-test-model": _make_test_model}
+    handlers = {
+        "generate": _generate,
+        "queue": _queue,
+        "models": _models,
+        "make-test-model": _make_test_model,
+    }
     try:
         return handlers[args.command](args, paths)
     except InvalidParamsError as exc:
@@ -142,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelError as exc:
         _print_error(exc, args.verbose)
         return EXIT_MODEL
-    except (GenerationCancelled, KeyboardInterrupt):
+    except KeyboardInterrupt:
         print("\ninterrupted; no partial files were written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SD3DeskError as exc:
@@ -187,116 +211,105 @@ def _explicit_params(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _generate(args: argparse.Namespace, paths: AppPaths) -> int:
-    from sd3desk.inference.models import default_model_dirs, resolve_model
+def _jobs_from_args(args: argparse.Namespace, paths: AppPaths) -> list[GenerationParams]:
+    """The validated requests for --count images in jobs of --batch (image k: seed + k)."""
+    from sd3desk.inference.models import resolve_model
 
-    # 1. validate what was given against the app's own ranges before touching any model
+    # 1. what was given, against the app's own ranges, before touching any model
     explicit = _explicit_params(args)
     if not 1 <= args.count <= 10_000:
         raise InvalidParamsError([FieldError("count", "must be between 1 and 10000")])
     check(GenerationParams(**explicit))
-    # 2. find the model (offline, headers only), then fill in its family's defaults
-    settings = load_settings(paths.settings_file)
-    model_dirs = tuple(Path(d) for d in settings.model_dirs) + tuple(default_model_dirs())
+    # 2. the model (offline, headers only) and its family's defaults and limits
     source = resolve_model(args.model, test_model_dir=paths.cache / "test-model")
-    base = defaults_for(source.family, model=args.model)
+    reference = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    base = defaults_for(source.family, model=reference)
     params = check(base.replace(**explicit), source.max_side).with_concrete_seed()
-    out_dir = args.out or Path(settings.output_dir or paths.outputs)
-    # 3. load, then generate in passes of --batch images; Ctrl+C cancels within one step
-    from sd3desk.inference.engine import Engine
-    from sd3desk.metadata import ImageMetadata
-    from sd3desk.outputs import save_generated
+    jobs = []
+    for first in range(0, args.count, params.batch_size):
+        size = min(params.batch_size, args.count - first)
+        jobs.append(params.for_image(first).replace(batch_size=size))
+    return jobs
 
-    engine = Engine(
-        Device(args.device) if args.device else settings.device,
+
+def _worker_config(args: argparse.Namespace, paths: AppPaths) -> Any:
+    from sd3desk.inference.models import default_model_dirs
+    from sd3desk.inference.worker import WorkerConfig
+
+    settings = load_settings(paths.settings_file)
+    return WorkerConfig(
+        out_dir=args.out or Path(settings.output_dir or paths.outputs),
         cache_dir=paths.cache,
-        model_dirs=model_dirs,
+        device=Device(args.device) if args.device else settings.device,
+        memory_plan=MemoryPlan(args.memory) if args.memory else settings.memory_plan,
+        model_dirs=tuple(Path(d) for d in settings.model_dirs) + tuple(default_model_dirs()),
     )
-    cancel = threading.Event()
-    denoising = threading.Event()  # set while Ctrl+C should stop at the next step
-    previous = signal.signal(signal.SIGINT, lambda *_: _on_interrupt(cancel, denoising))
-    progress = _Progress(sys.stderr)
-    try:
-        loaded = engine.load(
-            source,
-            MemoryPlan(args.memory) if args.memory else settings.memory_plan,
-            on_stage=progress.stage,
-        )
-        progress.note(f"model: {loaded.describe()}")
-        for notice in loaded.notices:
-            progress.note(f"note: {notice}")
-        for warning in engine.prompt_length(params.prompt, params.max_sequence_length).warnings():
-            progress.note(f"warning: {warning}")
-        if params.negative_prompt and not params.uses_cfg:
-            progress.note("note: guidance <= 1 turns CFG off, so the negative prompt has no effect")
-        passes = math.ceil(args.count / params.batch_size)
-        for n in range(passes):
-            remaining = args.count - n * params.batch_size
-            job = params.for_image(n * params.batch_size).replace(
-                batch_size=min(params.batch_size, remaining)
+
+
+def _report(outcome: Any) -> int:
+    for failure in outcome.failures:
+        print(f"error: {failure.message}", file=sys.stderr)
+        if failure.advice:
+            print(f"  {failure.advice}", file=sys.stderr)
+    if outcome.interrupted:
+        print("interrupted; no partial files were written", file=sys.stderr)
+    return int(outcome.exit_code())
+
+
+def _generate(args: argparse.Namespace, paths: AppPaths) -> int:
+    """Generate through the same queue runner and worker as the window, on a queue in memory."""
+    from sd3desk.headless import TerminalProgress, run_queue
+    from sd3desk.jobs import JobQueue
+    from sd3desk.store import Store
+
+    jobs = _jobs_from_args(args, paths)
+    queue = JobQueue(Store(":memory:"))
+    for params in jobs:
+        queue.enqueue(params)
+    outcome = run_queue(
+        queue,
+        _worker_config(args, paths),
+        stop_on_failure=True,
+        progress=TerminalProgress(sys.stderr),
+    )
+    return _report(outcome)
+
+
+def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
+    from sd3desk.jobs import JobQueue
+    from sd3desk.store import Store
+
+    queue = JobQueue(Store(paths.data / "sd3desk.db"))
+    for notice in queue.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    if args.action == "add":
+        jobs = _jobs_from_args(args, paths)
+        for params in reversed(jobs) if args.front else jobs:
+            print(f"queued job {queue.enqueue(params, front=args.front).id}")
+        return EXIT_OK
+    if args.action == "list":
+        for job in queue.jobs():
+            eta = queue.eta(job.id)
+            when = f" · {'~' if eta.estimated else ''}{eta.seconds:.0f} s" if eta else ""
+            where = f" #{queue.position(job.id)}" if queue.position(job.id) else ""
+            print(
+                f"{job.id:5d} {job.state.value:9s}{where}{when} · seed {job.params.seed} · "
+                f"{job.params.width}x{job.params.height} · {job.params.prompt[:60]!r}"
+                + (f" · {job.note}" if job.note else "")
+                + (f" · {job.error_message}" if job.error_message else "")
             )
-            progress.start(n + 1, passes, job.seed)
-            denoising.set()
-            try:
-                result = engine.generate(job, on_step=progress.step, cancel=cancel)
-            finally:
-                denoising.clear()
-            for image, image_params in zip(result.images, result.params, strict=True):
-                path = save_generated(image, ImageMetadata(image_params, result.model), out_dir)
-                progress.clear()
-                print(path, flush=True)
-    except GenerationCancelled:
-        progress.clear()
-        raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return EXIT_OK
+        if queue.paused:
+            print("the queue is paused")
+        return EXIT_OK
+    from sd3desk.headless import TerminalProgress, run_queue
 
-
-def _on_interrupt(cancel: threading.Event, denoising: threading.Event) -> None:
-    """Ctrl+C while denoising stops at the end of the step; at any other time, or a second
-    time, at once (a save cut short leaves no file: writes are atomic)."""
-    if cancel.is_set() or not denoising.is_set():
-        cancel.set()
-        raise KeyboardInterrupt
-    cancel.set()
-
-
-class _Progress:
-    """Stage lines and a one-line step bar on stderr (redrawn in place on a terminal)."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.prefix = ""
-
-    def note(self, text: str) -> None:
-        self.clear()
-        print(text, file=self.stream, flush=True)
-
-    def stage(self, stage: Any) -> None:
-        self.note(f"[{stage.index}/{stage.total}] {stage.text}")
-
-    def start(self, index: int, total: int, seed: int | None) -> None:
-        self.prefix = f"image pass {index}/{total} (seed {seed})" if total > 1 else f"seed {seed}"
-
-    def step(self, info: Any) -> None:
-        width = 24
-        done = round(width * info.step / info.total)
-        rate = info.elapsed_s / info.step
-        left = rate * (info.total - info.step)
-        line = (
-            f"{self.prefix} [{'#' * done}{'.' * (width - done)}] {info.step}/{info.total} "
-            f"· {rate:.2f} s/step · {left:.0f} s left"
-        )
-        if self.tty:
-            print("\r" + line, end="", file=self.stream, flush=True)
-        elif info.step == info.total:
-            print(line, file=self.stream, flush=True)
-
-    def clear(self) -> None:
-        if self.tty:
-            print("\r\033[K", end="", file=self.stream, flush=True)
+    outcome = run_queue(
+        queue,
+        _worker_config(args, paths),
+        stop_on_failure=False,
+        progress=TerminalProgress(sys.stderr),
+    )
+    return _report(outcome)
 
 
 # ---------------------------------------------------------------- models, make-test-model

@@ -353,6 +353,13 @@ class JobQueue:
             error_advice=advice,
         )
 
+    def requeue_front(self, job_id: int, note: str) -> Job:
+        """Put a running job back at the front (the runner was stopped, not the job)."""
+        job = self.get(job_id)
+        return self._update(
+            job, JobState.queued, started=None, sort_key=self._front_key() - 1, note=note
+        )
+
     def mark_cancelled(self, job_id: int) -> Job:
         return self._update(self.get(job_id), JobState.cancelled, ended=self.store.clock())
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -27,6 +29,22 @@ def next_sequence(folder: Path) -> int:
     except FileNotFoundError:
         pass
     return highest + 1
+
+
+def sweep_stale_temp_files(out_dir: Path, older_than_s: float = 600.0) -> int:
+    """Remove temporary files a killed process left in the day folders (".NAME.XXXX.tmp").
+
+    Only old ones: a save takes well under a second, so a younger file may be another
+    process's write in progress.
+    """
+    removed = 0
+    cutoff = time.time() - older_than_s
+    for temp in out_dir.glob("*/.*.tmp"):
+        with contextlib.suppress(OSError):
+            if temp.stat().st_mtime < cutoff:
+                temp.unlink()
+                removed += 1
+    return removed
 
 
 def save_generated(

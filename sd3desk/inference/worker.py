@@ -77,6 +77,7 @@ class EngineState:
     text: str
     stage: int = 0
     stages: int = 0
+    notices: tuple[str, ...] = ()  # load notices when ready; prompt warnings when generating
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,12 @@ class Worker(QObject):
             if self._current and (job_id is None or self._current[0] == job_id):
                 self._current[1].set()
 
-    def _state(self, state: str, text: str, stage: int = 0, stages: int = 0) -> None:
-        self.engine_state_changed.emit(EngineState(self.index, state, text, stage, stages))
+    def _state(
+        self, state: str, text: str, stage: int = 0, stages: int = 0, notices: Any = ()
+    ) -> None:
+        self.engine_state_changed.emit(
+            EngineState(self.index, state, text, stage, stages, tuple(notices))
+        )
 
     @Slot(object)
     def _run(self, job: Job) -> None:
@@ -184,11 +189,18 @@ class Worker(QObject):
                 self.config.memory_plan,
                 on_stage=lambda s: self._state("loading", s.text + "…", s.index, s.total),
             )
-            self._state("ready", f"Ready: {engine.loaded.describe()}")
+            self._state(
+                "ready", f"Ready: {engine.loaded.describe()}", notices=engine.loaded.notices
+            )
         if cancel.is_set():
             raise GenerationCancelled(0)
         # 3. generate, reporting every step
-        self._state("generating", f"Generating job {job.id}")
+        warnings = engine.prompt_length(
+            job.params.prompt, job.params.max_sequence_length
+        ).warnings()
+        if job.params.negative_prompt and not job.params.uses_cfg:
+            warnings.append("guidance <= 1 turns CFG off, so the negative prompt has no effect")
+        self._state("generating", f"Generating job {job.id}", notices=warnings)
 
         def on_step(info: Any) -> None:
             self.step_progressed.emit(
@@ -242,6 +254,8 @@ class QueueRunner(QObject):
         self._busy: dict[int, int] = {}  # worker index -> job id
         self._progress: dict[int, int] = {}  # job id -> steps done
         self._stop_after_current = False
+        self._halted = False
+        self._requeue: set[int] = set()
         for worker in workers:
             worker.job_started.connect(self._on_worker_job_started)
             worker.step_progressed.connect(self._on_worker_step_progressed)
@@ -284,6 +298,16 @@ class QueueRunner(QObject):
     def stop_after_current(self) -> None:
         self._stop_after_current = True
 
+    def halt(self) -> None:
+        """Stop dispatching and stop running jobs within a step, putting them back at the front
+        of the queue (this session ends; the jobs do not). Not remembered, unlike pause."""
+        self._halted = True
+        for worker_index, job_id in self._busy.items():
+            self._requeue.add(job_id)
+            self.workers[worker_index].cancel(job_id)
+        if not self._busy:
+            self.idle.emit()
+
     def progress(self, job_id: int) -> int:
         return self._progress.get(job_id, 0)
 
@@ -292,7 +316,7 @@ class QueueRunner(QObject):
 
     def dispatch(self) -> None:
         """Give each idle worker the next waiting job."""
-        for worker in self.workers:
+        for worker in self.workers if not self._halted else ():
             if worker.index in self._busy:
                 continue
             job = self.queue.next_job()
@@ -341,6 +365,9 @@ class QueueRunner(QObject):
     @Slot(object)
     def _on_worker_job_cancelled(self, event: JobCancelled) -> None:
         job = self.queue.get(event.job_id)
-        if job.state not in DONE:
+        if event.job_id in self._requeue:
+            self._requeue.discard(event.job_id)
+            job = self.queue.requeue_front(event.job_id, "interrupted: the run was stopped")
+        elif job.state not in DONE:
             job = self.queue.mark_cancelled(event.job_id)
         self._ended(event.job_id, job)

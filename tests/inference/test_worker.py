@@ -197,3 +197,19 @@ def test_torch_is_imported_on_the_worker_thread(qtbot, make_runner, tiny_model_d
     job = runner.enqueue(params(tiny_model_dir))
     wait_done(qtbot, runner, job.id)
     assert threads and threads[0] != threading.main_thread().name
+
+
+def test_halt_puts_the_running_job_back_in_front(qtbot, make_runner, tiny_model_dir):
+    runner = make_runner()
+    runner.start()
+    long = runner.enqueue(params(tiny_model_dir, steps=150, width=1024, height=1024))
+    later = runner.enqueue(params(tiny_model_dir))
+    steps = []
+    runner.step_progressed.connect(steps.append)
+    qtbot.waitUntil(lambda: len(steps) >= 1, timeout=TIMEOUT)
+    with qtbot.waitSignal(runner.idle, timeout=TIMEOUT):
+        runner.halt()
+    job = runner.queue.get(long.id)
+    assert job.state is JobState.queued and job.note.startswith("interrupted")
+    assert [j.id for j in runner.queue.queued()] == [long.id, later.id]
+    assert not runner.queue.paused  # a halt ends this run; it is not a remembered pause

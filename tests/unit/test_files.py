@@ -107,3 +107,18 @@ def test_model_hash_reuses_hugging_face_blob_names(tmp_path):
     link = tmp_path / "model.safetensors"
     link.symlink_to(blob)
     assert model_hash([link]) == "ab" * 5
+
+
+def test_stale_temp_files_from_a_killed_process_are_swept(tmp_path):
+    day = tmp_path / "2026-11-26"
+    day.mkdir()
+    old = day / ".00003-7.png.abc123.tmp"
+    fresh = day / ".00004-7.png.def456.tmp"
+    image = day / "00002-7.png"
+    for path in (old, fresh, image):
+        path.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    from sd3desk.outputs import sweep_stale_temp_files
+
+    assert sweep_stale_temp_files(tmp_path) == 1
+    assert sorted(p.name for p in day.iterdir()) == sorted([fresh.name, image.name])
