@@ -120,9 +120,8 @@ class FaultyEngine:
     def __init__(self, real, faults: list[Exception | None], load_fault: Exception | None = None):
         self.real, self.faults, self.load_fault = real, faults, load_fault
 
-    @property
-    def loaded(self):
-        return self.real.loaded
+    def __getattr__(self, name):  # everything not faulted goes to the real engine
+        return getattr(self.real, name)
 
     def load(self, *args, **kwargs):
         if self.load_fault is not None:
