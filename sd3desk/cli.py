@@ -306,6 +306,7 @@ def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
     outcome = run_queue(
         queue,
         _worker_config(args, paths),
+        workers=load_settings(paths.settings_file).gpu_workers,
         stop_on_failure=False,
         progress=TerminalProgress(sys.stderr),
     )

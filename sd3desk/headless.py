@@ -3,6 +3,7 @@ progress on a terminal. Used by `sd3desk generate` and `sd3desk queue run`."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -80,12 +81,14 @@ def run_queue(
     queue: JobQueue,
     config: Any,
     *,
+    workers: int = 1,
     stop_on_failure: bool,
     progress: TerminalProgress | None = None,
     engine_factory: Any = None,
     out: TextIO = sys.stdout,
 ) -> RunOutcome:
-    """Drain `queue` with one worker; print each image's path to `out` as it lands.
+    """Drain `queue` with `workers` workers (one per CUDA device); print each image's path to
+    `out` as it lands.
 
     Ctrl+C stops the running job within one step and puts it back at the front of the queue (an
     in-memory queue simply ends); a second Ctrl+C quits at once. Returns when nothing is left.
@@ -97,8 +100,17 @@ def run_queue(
 
     sweep_stale_temp_files(config.out_dir)
     app = QCoreApplication.instance() or QCoreApplication([])
-    worker = Worker(0, config, engine_factory or default_engine_factory)
-    runner = QueueRunner(queue, [worker])
+    runner = QueueRunner(
+        queue,
+        [
+            Worker(
+                i,
+                dataclasses.replace(config, device_index=i),
+                engine_factory or default_engine_factory,
+            )
+            for i in range(workers)
+        ],
+    )
     outcome = RunOutcome()
     total = len(queue.queued())
     started: list[int] = []

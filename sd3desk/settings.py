@@ -81,6 +81,8 @@ class Settings:
     device: Device = Device.auto
     memory_plan: MemoryPlan = MemoryPlan.auto
     last_model: str = ""
+    # Workers sharing the queue, one per CUDA device (cuda:0, cuda:1, ...); 1 = off.
+    gpu_workers: int = 1
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:
@@ -91,6 +93,7 @@ class Settings:
             "device": self.device.value,
             "memory_plan": self.memory_plan.value,
             "last_model": self.last_model,
+            "gpu_workers": self.gpu_workers,
         }
         return json.dumps(data, indent=2, sort_keys=True)
 
@@ -119,8 +122,10 @@ def _parse_setting(key: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TypeError(key)
         return tuple(value)
-    if key == "version":
-        return int(value)
+    if key in ("version", "gpu_workers"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(key)
+        return value
     if not isinstance(value, str):
         raise TypeError(key)
     return value

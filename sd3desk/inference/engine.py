@@ -111,10 +111,12 @@ class Engine:
         model_dirs: tuple[Path, ...] = (),
         prompt_cache_size: int = 16,
         preview_mode: str = "x0",
+        device_index: int = 0,
     ) -> None:
         if preview_mode not in ("x0", "latent"):
             raise ValueError("preview_mode is 'x0' or 'latent'")
         self._requested_device = device
+        self._device_index = device_index
         self._cache_dir = cache_dir
         self._model_dirs = model_dirs
         self._prompt_cache: OrderedDict[tuple, tuple] = OrderedDict()
@@ -135,7 +137,7 @@ class Engine:
 
     def device(self) -> DeviceInfo:
         if self._device is None:
-            self._device = pick_device(self._requested_device)
+            self._device = pick_device(self._requested_device, self._device_index)
         return self._device
 
     # ------------------------------------------------------------------ loading

@@ -89,15 +89,24 @@ class WorkerConfig:
     device: Device = Device.auto
     memory_plan: MemoryPlan = MemoryPlan.auto
     model_dirs: tuple[Path, ...] = ()
+    device_index: int = 0  # which CUDA device, when several workers share the queue
 
 
 EngineFactory = Callable[[WorkerConfig], Any]
 
 
 def default_engine_factory(config: WorkerConfig) -> Any:
-    from sd3desk.inference.engine import Engine  # imports torch lazily, in the worker thread
+    """A real Engine, with torch imported here (the worker thread) and its device picked."""
+    from sd3desk.inference.engine import Engine
 
-    return Engine(config.device, cache_dir=config.cache_dir, model_dirs=config.model_dirs)
+    engine = Engine(
+        config.device,
+        cache_dir=config.cache_dir,
+        model_dirs=config.model_dirs,
+        device_index=config.device_index,
+    )
+    engine.device()  # imports torch now, while the status says "Starting the engine"
+    return engine
 
 
 class Worker(QObject):

@@ -67,13 +67,18 @@ def test_settings_round_trip_and_tolerance(tmp_path, caplog):
     caplog.set_level("INFO", logger="sd3desk.settings")
     path = tmp_path / "settings.json"
     assert load_settings(path) == Settings()
-    settings = Settings(model_dirs=("/models",), device=Device.cpu, memory_plan=MemoryPlan.no_t5)
+    settings = Settings(
+        model_dirs=("/models",), device=Device.cpu, memory_plan=MemoryPlan.no_t5, gpu_workers=2
+    )
     save_settings(settings, path)
     assert json.loads(path.read_text())["memory_plan"] == "no-t5"
     assert load_settings(path) == settings
-    path.write_text(json.dumps({"device": "tpu", "colour": "blue", "output_dir": "/out"}))
+    path.write_text(
+        json.dumps({"device": "tpu", "colour": "blue", "output_dir": "/out", "gpu_workers": 0})
+    )
     loaded = load_settings(path)
     assert loaded.device is Device.auto and loaded.output_dir == "/out"
+    assert loaded.gpu_workers == 1
     assert "colour" in caplog.text
     path.write_text("{broken")
     assert load_settings(path) == Settings()
