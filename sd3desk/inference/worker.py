@@ -188,11 +188,11 @@ class Worker(QObject):
             self._engine = self._engine_factory(self.config)
         engine = self._engine
         # 2. the job's model, loaded once and kept until a job needs another one
-        source = resolve_model(
-            job.params.model, test_model_dir=self.config.cache_dir / "test-model"
-        )
         loaded = engine.loaded
-        if loaded is None or loaded.source.path != source.path:
+        if loaded is None or loaded.source.reference != job.params.model:
+            source = resolve_model(
+                job.params.model, test_model_dir=self.config.cache_dir / "test-model"
+            )
             engine.load(
                 source,
                 self.config.memory_plan,

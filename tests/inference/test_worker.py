@@ -212,3 +212,26 @@ def test_halt_puts_the_running_job_back_in_front(qtbot, make_runner, tiny_model_
     assert job.state is JobState.queued and job.note.startswith("interrupted")
     assert [j.id for j in runner.queue.queued()] == [long.id, later.id]
     assert not runner.queue.paused  # a halt ends this run; it is not a remembered pause
+
+
+def test_a_job_for_another_model_switches_models(qtbot, make_runner, tiny_model_dir, tmp_path):
+    from sd3desk.inference.testmodel import write_test_single_file
+
+    single = write_test_single_file(tmp_path / "tiny.safetensors")
+    runner = make_runner()
+    loads = []
+    runner.engine_state_changed.connect(
+        lambda s: loads.append(s.text) if s.state == "loading" and s.stage == 1 else None
+    )
+    runner.start()
+    jobs = [
+        runner.enqueue(params(tiny_model_dir)),
+        runner.enqueue(params(tiny_model_dir, seed=2)),  # same model: stays loaded
+        runner.enqueue(params(single)),
+        runner.enqueue(params(tiny_model_dir)),
+    ]
+    wait_done(qtbot, runner, *(j.id for j in jobs))
+    assert all(runner.queue.get(j.id).state is JobState.finished for j in jobs)
+    assert len(loads) == 3  # the second job reused the loaded model
+    names = [read_metadata(runner.queue.get(j.id).outputs[0]).model.name for j in jobs]
+    assert names == ["tiny-sd3", "tiny-sd3", "tiny", "tiny-sd3"]
