@@ -72,6 +72,49 @@ def quiet_libraries() -> None:
         module.set_verbosity_error()
 
 
+# torch's native libraries, in dependency order. `import torch` maps them through the dynamic
+# linker while holding the GIL: ~0.2 s here during which no other Python thread runs, so the GUI
+# would freeze. Called as a foreign function through ctypes, dlopen runs with the GIL released;
+# the import then finds them loaded. (ctypes.CDLL(path) itself keeps the GIL: measured.)
+_TORCH_LIBRARIES = ("libc10", "libtorch_cpu", "libtorch", "libtorch_python")
+
+
+def preload_torch_libraries() -> int:
+    """Map torch's big shared libraries without holding the GIL; returns how many were loaded.
+
+    Only an optimisation for a thread that imports torch next to a GUI: any failure leaves the
+    work to `import torch`. Linux and macOS only.
+    """
+    import ctypes
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    if "torch" in sys.modules or sys.platform not in ("linux", "darwin"):
+        return 0
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return 0
+    folder = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    try:
+        dlopen = ctypes.CDLL(None).dlopen
+    except (OSError, AttributeError):
+        return 0
+    dlopen.restype = ctypes.c_void_p
+    dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    suffix = ".dylib" if sys.platform == "darwin" else ".so"
+    loaded = 0
+    for name in _TORCH_LIBRARIES:
+        path = folder / (name + suffix)
+        if not path.exists():
+            continue
+        if not dlopen(os.fsencode(path), os.RTLD_NOW | os.RTLD_GLOBAL):
+            break  # e.g. a dependency not on the search path yet: torch's import will handle it
+        loaded += 1
+    return loaded
+
+
 def torch_dtype(name: str) -> Any:
     import torch
 
