@@ -38,6 +38,7 @@ class TerminalProgress:
         self.stream = stream
         self.tty = stream.isatty()
         self.prefix = ""
+        self.model = ""
 
     def note(self, text: str) -> None:
         self.clear()
@@ -50,7 +51,8 @@ class TerminalProgress:
     def engine(self, state: Any) -> None:
         if state.state == "loading":
             self.note(f"[{state.stage}/{state.stages}] {state.text}")
-        elif state.state == "ready" and state.text.startswith("Ready: "):
+        elif state.state == "ready" and state.text != self.model:  # once per model loaded
+            self.model = state.text
             self.note("model: " + state.text.removeprefix("Ready: "))
             for notice in state.notices:
                 self.note(f"note: {notice}")
