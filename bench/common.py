@@ -34,6 +34,24 @@ def single_file(size: str) -> Path:
     return path
 
 
+def lighthouse_requests(model: str, count: int, steps: int) -> list[Any]:
+    """`count` 256x256 requests for `model` with seeds 0..count-1 (the queue benchmarks' load)."""
+    from sd3desk.params import GenerationParams
+
+    return [
+        GenerationParams(
+            "a lighthouse at dusk",
+            seed=k,
+            steps=steps,
+            guidance_scale=5.0,
+            width=256,
+            height=256,
+            model=model,
+        )
+        for k in range(count)
+    ]
+
+
 def bare_pipe_call(pipe: Any, params: Any) -> Any:
     """The plain diffusers call the engine is compared with: same request, same CPU-seeded noise."""
     import torch

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import model_dir
+from common import lighthouse_requests, model_dir
 
 
 def main() -> None:
@@ -29,25 +29,14 @@ def main() -> None:
 
     from sd3desk.inference.worker import QueueRunner, Worker, WorkerConfig, default_engine_factory
     from sd3desk.jobs import JobQueue
-    from sd3desk.params import GenerationParams
     from sd3desk.settings import Device
     from sd3desk.store import Store
 
     app = QCoreApplication([])
     work = Path(tempfile.mkdtemp())
     queue = JobQueue(Store(":memory:"))
-    for k in range(args.jobs):
-        queue.enqueue(
-            GenerationParams(
-                "a lighthouse at dusk",
-                seed=k,
-                steps=args.steps,
-                guidance_scale=5.0,
-                width=256,
-                height=256,
-                model=folder,
-            )
-        )
+    for params in lighthouse_requests(folder, args.jobs, args.steps):
+        queue.enqueue(params)
     config = WorkerConfig(out_dir=work / "out", cache_dir=work, device=Device.cpu)
     runner = QueueRunner(queue, [Worker(0, config, default_engine_factory)])
     phase = ["idle"]

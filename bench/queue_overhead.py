@@ -16,9 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from common import model_dir
+from common import lighthouse_requests, model_dir
 
-from sd3desk.params import GenerationParams
 from sd3desk.settings import Device
 
 
@@ -52,18 +51,7 @@ def main() -> None:
     model = str(model_dir("small"))
     engine = Engine(Device.cpu, cache_dir=work)
     in_thread(lambda: engine.load(resolve_model(model)))
-    requests = [
-        GenerationParams(
-            "a lighthouse at dusk",
-            seed=k,
-            steps=args.steps,
-            guidance_scale=5.0,
-            width=256,
-            height=256,
-            model=model,
-        )
-        for k in range(args.jobs)
-    ]
+    requests = lighthouse_requests(model, args.jobs, args.steps)
     in_thread(lambda: engine.generate(requests[0]))  # warm-up for both
 
     def direct() -> float:
