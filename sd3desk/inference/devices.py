@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -113,6 +115,48 @@ def preload_torch_libraries() -> int:
             break  # e.g. a dependency not on the search path yet: torch's import will handle it
         loaded += 1
     return loaded
+
+
+@contextlib.contextmanager
+def gc_paused(freeze: bool = False) -> Iterator[None]:
+    """No cyclic garbage collection inside the block (imports, model loading).
+
+    Those create hundreds of thousands of objects, and each full collection over them holds the
+    GIL for 0.1 s and more, freezing the GUI thread. With `freeze`, everything alive afterwards
+    (import-time objects, which live forever) is kept out of later collections too.
+    """
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if freeze:
+            gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def import_ml_stack() -> None:
+    """Import everything loading and generating will need, at once, so it can be frozen."""
+    with gc_paused(freeze=True):
+        preload_torch_libraries()
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        from diffusers import (  # noqa: F401
+            AutoencoderKL,
+            FlowMatchEulerDiscreteScheduler,
+            SD3Transformer2DModel,
+            StableDiffusion3Pipeline,
+        )
+        from transformers import (  # noqa: F401
+            CLIPTextModelWithProjection,
+            CLIPTokenizer,
+            T5EncoderModel,
+            T5TokenizerFast,
+        )
 
 
 def torch_dtype(name: str) -> Any:

@@ -25,6 +25,7 @@ from sd3desk.inference.devices import (
     Placement,
     ResolvedPlan,
     free_memory,
+    gc_paused,
     is_out_of_memory,
     pick_device,
     place_pipeline,
@@ -160,7 +161,7 @@ class Engine:
         try:
             # 3. read every component through diffusers/transformers, offline; one load at a
             # time per process, because their loaders patch torch globally while they run
-            with _LOAD_LOCK:
+            with _LOAD_LOCK, gc_paused():
                 pipe, use_t5, notices = loading.load_pipeline(
                     source,
                     dtype=device.dtype,

@@ -97,10 +97,10 @@ EngineFactory = Callable[[WorkerConfig], Any]
 
 def default_engine_factory(config: WorkerConfig) -> Any:
     """A real Engine, with torch imported here (the worker thread) and its device picked."""
-    from sd3desk.inference.devices import preload_torch_libraries
+    from sd3desk.inference.devices import import_ml_stack
     from sd3desk.inference.engine import Engine
 
-    preload_torch_libraries()  # keeps the GUI thread running while the libraries map
+    import_ml_stack()  # in ways that keep the GUI thread running meanwhile
     engine = Engine(
         config.device,
         cache_dir=config.cache_dir,
