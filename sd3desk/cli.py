@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(add)
     add.add_argument("--front", action="store_true", help="put the jobs first in the queue")
     actions.add_parser("list", help="show queued, running and recent jobs with their ETA")
+    actions.add_parser("pause", help="keep queued jobs waiting (remembered across restarts)")
+    actions.add_parser("resume", help="let queued jobs run again")
     run = actions.add_parser(
         "run",
         help="run queued jobs until none is left (Ctrl+C stops; "
@@ -300,6 +302,13 @@ def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
             )
         if queue.paused:
             print("the queue is paused")
+        return EXIT_OK
+    if args.action in ("pause", "resume"):
+        queue.set_paused(args.action == "pause")
+        print(f"the queue is {'paused' if queue.paused else 'running'}")
+        return EXIT_OK
+    if queue.paused:
+        print("the queue is paused; nothing runs until 'sd3desk queue resume'", file=sys.stderr)
         return EXIT_OK
     from sd3desk.headless import TerminalProgress, run_queue
 

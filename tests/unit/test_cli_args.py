@@ -99,3 +99,32 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for command in ("generate", "models", "make-test-model"):
         assert command in out
+
+
+def test_queue_add_list_pause_resume(capsys, tmp_path):
+    data = ["--data-dir", str(tmp_path)]
+    code, out, _ = run(
+        capsys,
+        *data,
+        "queue",
+        "add",
+        "--model",
+        "test",
+        "--prompt",
+        "a cat",
+        "--count",
+        "2",
+        "--seed",
+        "9",
+    )
+    assert code == 0 and out.split() == ["queued", "job", "1", "queued", "job", "2"]
+    code, out, _ = run(capsys, *data, "queue", "pause")
+    assert out.strip() == "the queue is paused"
+    code, out, _ = run(capsys, *data, "queue", "list")
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["1", "queued", "#1"] and "seed 9" in lines[0]
+    assert "seed 10" in lines[1] and lines[-1] == "the queue is paused"
+    code, _, err = run(capsys, *data, "queue", "run")
+    assert code == 0 and "paused" in err
+    code, out, _ = run(capsys, *data, "queue", "resume")
+    assert out.strip() == "the queue is running"
