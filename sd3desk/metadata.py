@@ -127,10 +127,12 @@ def exif_with_comment(text: str) -> Image.Exif:
 # ---------------------------------------------------------------- reading
 
 
-def read_metadata(path: Path | str) -> ImageMetadata:
+def read_metadata(path: Path | str, fast: bool = False) -> ImageMetadata:
     """Parameters embedded in a PNG, JPEG or WebP file, from sd3desk, A1111/Forge or ComfyUI.
 
-    Reads headers and text only, never pixels. Raises MetadataError with a plain reason.
+    Reads headers and text only, never pixels. With `fast` (indexing thousands of files), a PNG
+    is read only up to its image data when parameters were found before it, as in our own
+    files; a truncated tail then goes unnoticed. Raises MetadataError with a plain reason.
     """
     path = Path(path)
     try:
@@ -138,7 +140,7 @@ def read_metadata(path: Path | str) -> ImageMetadata:
             head = handle.read(12)
             handle.seek(0)
             if head.startswith(PNG_SIGNATURE):
-                texts = read_png_text(handle)
+                texts = read_png_text(handle, stop_at_image=fast)
             elif head.startswith(b"\xff\xd8") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
                 texts = _read_exif_comment(path)
             else:
@@ -165,8 +167,11 @@ def parse_texts(texts: dict[str, str], name: str = "image") -> ImageMetadata:
     raise MetadataError(f"{name} carries no generation parameters (sd3desk, A1111 or ComfyUI)")
 
 
-def read_png_text(handle: BinaryIO) -> dict[str, str]:
-    """All tEXt/zTXt/iTXt chunks of a PNG, walking chunk headers and skipping image data."""
+def read_png_text(handle: BinaryIO, stop_at_image: bool = False) -> dict[str, str]:
+    """All tEXt/zTXt/iTXt chunks of a PNG, walking chunk headers and skipping image data.
+
+    With `stop_at_image`, stop at the first image data chunk if known parameters came before it.
+    """
     if handle.read(8) != PNG_SIGNATURE:
         raise MetadataError("not a PNG file")
     handle.seek(0, 2)
@@ -184,7 +189,9 @@ def read_png_text(handle: BinaryIO) -> dict[str, str]:
         end = position + 8 + length + 4
         if length > 0x7FFFFFFF or end > size:
             raise MetadataError("the PNG file is truncated or damaged (a chunk runs past its end)")
-        if kind == b"IEND":
+        if kind == b"IEND" or (
+            stop_at_image and kind == b"IDAT" and (FORMAT_KEY in texts or A1111_KEY in texts)
+        ):
             return texts
         if kind in (b"tEXt", b"zTXt", b"iTXt"):
             if length > MAX_TEXT_CHUNK:

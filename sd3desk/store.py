@@ -33,6 +33,45 @@ MIGRATIONS: list[str] = [
     CREATE TABLE timings (key TEXT PRIMARY KEY, seconds_per_step REAL NOT NULL,
                           samples INTEGER NOT NULL);
     """,
+    # 2: the gallery index (rebuildable from the image files at any time)
+    """
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        mtime_ns INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL,
+        prompt TEXT NOT NULL,
+        negative_prompt TEXT NOT NULL,
+        seed INTEGER,
+        width INTEGER,
+        height INTEGER,
+        model_name TEXT NOT NULL,
+        model_hash TEXT NOT NULL,
+        params TEXT NOT NULL,
+        source TEXT NOT NULL,
+        favourite INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX images_by_time ON images (created);
+    CREATE INDEX images_by_model ON images (model_name, created);
+    CREATE VIRTUAL TABLE images_text USING fts5(
+        prompt, negative_prompt, content='images', content_rowid='id', prefix='2 3'
+    );
+    CREATE TRIGGER images_text_insert AFTER INSERT ON images BEGIN
+        INSERT INTO images_text (rowid, prompt, negative_prompt)
+        VALUES (new.id, new.prompt, new.negative_prompt);
+    END;
+    CREATE TRIGGER images_text_delete AFTER DELETE ON images BEGIN
+        INSERT INTO images_text (images_text, rowid, prompt, negative_prompt)
+        VALUES ('delete', old.id, old.prompt, old.negative_prompt);
+    END;
+    CREATE TRIGGER images_text_update AFTER UPDATE OF prompt, negative_prompt ON images BEGIN
+        INSERT INTO images_text (images_text, rowid, prompt, negative_prompt)
+        VALUES ('delete', old.id, old.prompt, old.negative_prompt);
+        INSERT INTO images_text (rowid, prompt, negative_prompt)
+        VALUES (new.id, new.prompt, new.negative_prompt);
+    END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
