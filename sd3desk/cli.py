@@ -215,7 +215,7 @@ def _explicit_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def _jobs_from_args(args: argparse.Namespace, paths: AppPaths) -> list[GenerationParams]:
     """The validated requests for --count images in jobs of --batch (image k: seed + k)."""
-    from sd3desk.inference.models import resolve_model
+    from sd3desk.inference.models import TEST_MODEL_REFS, resolve_model
 
     # 1. what was given, against the app's own ranges, before touching any model
     explicit = _explicit_params(args)
@@ -224,7 +224,9 @@ def _jobs_from_args(args: argparse.Namespace, paths: AppPaths) -> list[Generatio
     check(GenerationParams(**explicit))
     # 2. the model (offline, headers only) and its family's defaults and limits
     source = resolve_model(args.model, test_model_dir=paths.cache / "test-model")
-    reference = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    # Saved with each image, so a re-run from elsewhere finds the same file.
+    local = args.model not in TEST_MODEL_REFS and Path(args.model).exists()
+    reference = str(Path(args.model).resolve()) if local else args.model
     base = defaults_for(source.family, model=reference)
     params = check(base.replace(**explicit), source.max_side).with_concrete_seed()
     jobs = []

@@ -24,7 +24,7 @@ from sd3desk.errors import (
     OutOfMemoryError,
     SD3DeskError,
 )
-from sd3desk.jobs import DONE, Job, JobQueue
+from sd3desk.jobs import DONE, Job, JobQueue, JobState
 from sd3desk.settings import Device, MemoryPlan
 
 log = logging.getLogger(__name__)
@@ -295,9 +295,9 @@ class QueueRunner(QObject):
     def cancel(self, job_id: int) -> None:
         """A waiting job is cancelled at once; a running one stops within one step."""
         job = self.queue.get(job_id)
-        if job.state.value == "queued":
+        if job.state is JobState.queued:
             self.job_changed.emit(self.queue.cancel_queued(job_id))
-        elif job.state.value == "running":
+        elif job.state is JobState.running:
             for worker in self.workers:
                 worker.cancel(job_id)
 
