@@ -306,3 +306,30 @@ def make_thumbnail(image: Path | str, cache_dir: Path, size: int = 256) -> Path:
         source.convert("RGB").save(buffer, format="WEBP", quality=80)
     atomic_write_bytes(target, buffer.getvalue())
     return target
+
+
+def export_image(source: Path | str, target: Path | str) -> Path:
+    """Save `source` as PNG, JPEG or WebP (by the target's suffix), keeping its parameters:
+    PNG text chunks for PNG, EXIF UserComment (A1111 text) for JPEG and WebP."""
+    from sd3desk.metadata import a1111_text, exif_with_comment, png_info
+
+    source, target = Path(source), Path(target)
+    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+    kind = formats.get(target.suffix.lower())
+    if kind is None:
+        raise ValueError(f"export as .png, .jpg or .webp, not {target.suffix or 'no suffix'}")
+    try:
+        meta = read_metadata(source)
+    except MetadataError:
+        meta = None
+    buffer = io.BytesIO()
+    with Image.open(source) as image:
+        rgb = image.convert("RGB")
+        if kind == "PNG":
+            rgb.save(buffer, format=kind, pnginfo=png_info(meta) if meta else None)
+        else:
+            # An Exif holding only a sub-IFD is empty (falsy) as a mapping: test for None.
+            extra = {"exif": exif_with_comment(a1111_text(meta))} if meta is not None else {}
+            rgb.save(buffer, format=kind, quality=95, **extra)
+    atomic_write_bytes(target, buffer.getvalue())
+    return target

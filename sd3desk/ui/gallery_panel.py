@@ -1,0 +1,226 @@
+"""The gallery: search, filters and a virtualised grid of thumbnails with actions per image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, QUrl, Signal
+from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QImage, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QListView,
+    QMenu,
+    QVBoxLayout,
+    QWidget,
+)
+
+from sd3desk.gallery import ImageRow, export_image
+from sd3desk.metadata import ImageMetadata, ModelIdentity, a1111_text
+from sd3desk.ui.gallery_model import ROW_ROLE, GalleryModel
+from sd3desk.ui.thumbnails import SIZE
+
+ALL_MODELS = "All models"
+
+
+class GalleryPanel(QWidget):
+    """Browse, search and act on generated images. Holds no business logic beyond calling the
+    injected GalleryModel/GalleryIndex; requests for the queue or the form go out as signals.
+    """
+
+    rerun_requested = Signal(object)  # GenerationParams (same seed, or seed None for a new one)
+    settings_requested = Signal(object)  # ImageMetadata to load into the form
+    seed_requested = Signal(int)
+    image_opened = Signal(object)  # ImageRow
+    notice = Signal(str)
+
+    def __init__(self, model: GalleryModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = model
+        self.search = QLineEdit(placeholderText="Search prompts…", clearButtonEnabled=True)
+        self.search.setObjectName("gallerySearch")
+        self.search.setAccessibleName("Search prompts")
+        self.model_filter = QComboBox()
+        self.model_filter.setObjectName("galleryModelFilter")
+        self.model_filter.setAccessibleName("Model filter")
+        self.favourites = QCheckBox("★ only")
+        self.favourites.setObjectName("galleryFavourites")
+        self.view = QListView()
+        self.view.setObjectName("galleryView")
+        self.view.setAccessibleName("Generated images")
+        self.view.setModel(model)
+        self.view.setViewMode(QListView.ViewMode.IconMode)
+        self.view.setIconSize(QSize(SIZE, SIZE))
+        self.view.setGridSize(QSize(SIZE + 12, SIZE + 12))
+        self.view.setUniformItemSizes(True)
+        self.view.setResizeMode(QListView.ResizeMode.Adjust)
+        self.view.setMovement(QListView.Movement.Static)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        filters = QHBoxLayout()
+        filters.addWidget(self.search, 1)
+        filters.addWidget(self.model_filter)
+        filters.addWidget(self.favourites)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(filters)
+        layout.addWidget(self.view, 1)
+        self.actions_ = self._make_actions()
+        self.search.textChanged.connect(self._on_filters_changed)
+        self.model_filter.currentTextChanged.connect(self._on_filters_changed)
+        self.favourites.toggled.connect(self._on_filters_changed)
+        self.view.customContextMenuRequested.connect(self._on_view_context_menu)
+        self.view.activated.connect(lambda index: self._open(self._row(index.row())))
+        self.reload_models()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _make_actions(self) -> dict[str, QAction]:
+        specs = [
+            ("rerun", "Re-run exactly", None, self.rerun_exactly),
+            ("rerun_seed", "Re-run with a new seed", None, self.rerun_new_seed),
+            ("settings", "Load settings into the form", None, self.load_settings),
+            ("seed", "Use this seed", None, self.use_seed),
+            ("copy_image", "Copy image", QKeySequence.StandardKey.Copy, self.copy_image),
+            ("copy_params", "Copy parameters", "Ctrl+Shift+C", self.copy_parameters),
+            ("open_folder", "Open containing folder", None, self.open_folder),
+            ("export", "Export as…", "Ctrl+E", self.export),
+            ("favourite", "Favourite", "F", self.toggle_favourite),
+            ("delete", "Move to trash", QKeySequence.StandardKey.Delete, self.move_to_trash),
+        ]
+        actions = {}
+        for key, text, shortcut, slot in specs:
+            action = QAction(text, self)
+            if shortcut is not None:
+                action.setShortcut(QKeySequence(shortcut))
+            action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            action.triggered.connect(slot)
+            self.view.addAction(action)
+            actions[key] = action
+        return actions
+
+    def reload_models(self) -> None:
+        current = self.model_filter.currentText()
+        self.model_filter.blockSignals(True)
+        self.model_filter.clear()
+        self.model_filter.addItems([ALL_MODELS, *self.model.gallery.models()])
+        self.model_filter.setCurrentText(current or ALL_MODELS)
+        self.model_filter.blockSignals(False)
+
+    def _on_filters_changed(self) -> None:
+        model = self.model_filter.currentText()
+        self.model.set_query(
+            self.search.text(),
+            model=None if model in ("", ALL_MODELS) else model,
+            favourites=self.favourites.isChecked(),
+        )
+
+    def _on_view_context_menu(self, position) -> None:
+        menu = QMenu(self)
+        for key, action in self.actions_.items():
+            menu.addAction(action)
+            if key in ("seed", "copy_params", "export"):
+                menu.addSeparator()
+        menu.exec(self.view.viewport().mapToGlobal(position))
+
+    # ------------------------------------------------------------------ selection
+
+    def _row(self, row: int) -> ImageRow | None:
+        return self.model.data(self.model.index(row), ROW_ROLE)
+
+    def selected(self) -> list[ImageRow]:
+        rows = sorted(i.row() for i in self.view.selectionModel().selectedIndexes())
+        return [r for r in (self._row(n) for n in rows) if r is not None]
+
+    def _current(self) -> ImageRow | None:
+        chosen = self.selected()
+        if not chosen:
+            self.notice.emit("Select an image first.")
+            return None
+        return chosen[0]
+
+    def _with_params(self) -> tuple[ImageRow, ImageMetadata] | None:
+        row = self._current()
+        if row is None:
+            return None
+        params = row.params()
+        if params is None:
+            self.notice.emit(f"{Path(row.path).name} carries no generation parameters.")
+            return None
+        return row, ImageMetadata(params, ModelIdentity(row.model_name, row.model_hash))
+
+    # ------------------------------------------------------------------ actions
+
+    def _open(self, row: ImageRow | None) -> None:
+        if row is not None:
+            self.image_opened.emit(row)
+
+    def rerun_exactly(self) -> None:
+        if found := self._with_params():
+            self.rerun_requested.emit(found[1].params)
+
+    def rerun_new_seed(self) -> None:
+        if found := self._with_params():
+            self.rerun_requested.emit(found[1].params.replace(seed=None))
+
+    def load_settings(self) -> None:
+        if found := self._with_params():
+            self.settings_requested.emit(found[1])
+
+    def use_seed(self) -> None:
+        if (found := self._with_params()) and found[1].params.seed is not None:
+            self.seed_requested.emit(found[1].params.seed)
+
+    def copy_image(self) -> None:
+        if row := self._current():
+            QGuiApplication.clipboard().setImage(QImage(row.path))
+
+    def copy_parameters(self) -> None:
+        if found := self._with_params():
+            QGuiApplication.clipboard().setText(a1111_text(found[1]))
+
+    def open_folder(self) -> None:
+        if row := self._current():
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(row.path).parent)))
+
+    def export(self, target: str | None = None) -> None:
+        row = self._current()
+        if row is None:
+            return
+        if not target:
+            suggested = str(Path(row.path).with_suffix(".jpg"))
+            target, _ = QFileDialog.getSaveFileName(
+                self, "Export image", suggested, "Images (*.png *.jpg *.jpeg *.webp)"
+            )
+        if target:
+            try:
+                export_image(row.path, target)
+            except (OSError, ValueError) as exc:
+                self.notice.emit(f"Could not export: {exc}")
+
+    def toggle_favourite(self) -> None:
+        rows = self.selected()
+        if not rows:
+            return
+        value = not all(r.favourite for r in rows)
+        for row in rows:
+            self.model.gallery.set_favourite(row.id, value)
+        self.model.refresh()
+
+    def move_to_trash(self) -> None:
+        """Selected files go to the system trash (never deleted outright), then out of the index."""
+        from PySide6.QtCore import QFile
+
+        moved, failed = [], []
+        for row in self.selected():
+            (moved if QFile.moveToTrash(row.path) else failed).append(row.path)
+        self.model.gallery.forget(moved)
+        for path in moved:
+            self.model.thumbnails.forget(path)
+        self.model.refresh()
+        if failed:
+            self.notice.emit(f"{len(failed)} file(s) could not be moved to the trash.")

@@ -1,0 +1,118 @@
+"""One image at "fit" or a chosen zoom, with its parameters beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QImage, QKeySequence, QPixmap
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from sd3desk.errors import MetadataError
+from sd3desk.metadata import a1111_text, read_metadata
+
+ZOOM_STEPS = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+class ImageViewer(QWidget):
+    """Shows one image; `zoom` is None for "fit to the window"."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.zoom: float | None = None
+        self._image = QImage()
+        self.picture = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
+        self.picture.setObjectName("viewerImage")
+        self.scroll = QScrollArea(widgetResizable=False, alignment=Qt.AlignmentFlag.AlignCenter)
+        self.scroll.setWidget(self.picture)
+        self.params = QTextBrowser()
+        self.params.setObjectName("viewerParams")
+        self.params.setAccessibleName("Image parameters")
+        buttons = QHBoxLayout()
+        for text, tip, shortcut, slot in (
+            ("Fit", "Fit the image to the window", "Ctrl+0", self.fit),
+            ("100%", "Actual pixels", "Ctrl+1", lambda: self.set_zoom(1.0)),
+            ("−", "Zoom out", QKeySequence.StandardKey.ZoomOut, lambda: self.step_zoom(-1)),
+            ("+", "Zoom in", QKeySequence.StandardKey.ZoomIn, lambda: self.step_zoom(1)),
+        ):
+            button = QPushButton(text, toolTip=tip)
+            button.setShortcut(QKeySequence(shortcut))
+            button.clicked.connect(slot)
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        left = QWidget()
+        column = QVBoxLayout(left)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addLayout(buttons)
+        column.addWidget(self.scroll, 1)
+        splitter = QSplitter()
+        splitter.addWidget(left)
+        splitter.addWidget(self.params)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(splitter)
+
+    def show_image(self, path: Path | str) -> None:
+        self._image = QImage(str(path))
+        try:
+            meta = read_metadata(path)
+            text = a1111_text(meta)
+            if meta.unmapped:
+                text += "\n\nNot used by SD3: " + ", ".join(f"{k}: {v}" for k, v in meta.unmapped)
+        except MetadataError as exc:
+            text = exc.message
+        self.params.setPlainText(f"{Path(path).name}\n\n{text}")
+        self._render()
+
+    def fit(self) -> None:
+        self.zoom = None
+        self._render()
+
+    def set_zoom(self, zoom: float) -> None:
+        self.zoom = max(ZOOM_STEPS[0], min(ZOOM_STEPS[-1], zoom))
+        self._render()
+
+    def step_zoom(self, direction: int) -> None:
+        current = self.zoom if self.zoom is not None else self._fit_factor()
+        bigger = [z for z in ZOOM_STEPS if z > current + 1e-6]
+        smaller = [z for z in ZOOM_STEPS if z < current - 1e-6]
+        self.set_zoom(
+            (bigger[0] if bigger else current)
+            if direction > 0
+            else (smaller[-1] if smaller else current)
+        )
+
+    def _fit_factor(self) -> float:
+        if self._image.isNull():
+            return 1.0
+        area = self.scroll.viewport().size()
+        return min(area.width() / self._image.width(), area.height() / self._image.height(), 1.0)
+
+    def _render(self) -> None:
+        if self._image.isNull():
+            self.picture.clear()
+            return
+        factor = self._fit_factor() if self.zoom is None else self.zoom
+        size = self._image.size() * factor
+        self.picture.setPixmap(
+            QPixmap.fromImage(self._image).scaled(
+                size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
+            )
+        )
+        self.picture.resize(self.picture.pixmap().size())
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if self.zoom is None:
+            self._render()
