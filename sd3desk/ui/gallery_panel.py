@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 from sd3desk.gallery import ImageRow, export_image
 from sd3desk.metadata import ImageMetadata, ModelIdentity, a1111_text
 from sd3desk.ui.gallery_model import ROW_ROLE, GalleryModel
+from sd3desk.ui.thumbnail_delegate import ThumbnailDelegate
 from sd3desk.ui.thumbnails import SIZE
 
 ALL_MODELS = "All models"
@@ -55,7 +56,8 @@ class GalleryPanel(QWidget):
         self.view.setModel(model)
         self.view.setViewMode(QListView.ViewMode.IconMode)
         self.view.setIconSize(QSize(SIZE, SIZE))
-        self.view.setGridSize(QSize(SIZE + 12, SIZE + 12))
+        self.view.setGridSize(QSize(SIZE + 14, SIZE + 14))
+        self.view.setItemDelegate(ThumbnailDelegate(SIZE + 14, self.view))
         self.view.setUniformItemSizes(True)
         self.view.setResizeMode(QListView.ResizeMode.Adjust)
         self.view.setMovement(QListView.Movement.Static)

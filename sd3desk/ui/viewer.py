@@ -45,6 +45,7 @@ class ImageViewer(QWidget):
             ("+", "Zoom in", QKeySequence.StandardKey.ZoomIn, lambda: self.step_zoom(1)),
         ):
             button = QPushButton(text, toolTip=tip)
+            button.setMaximumWidth(64)
             button.setShortcut(QKeySequence(shortcut))
             button.clicked.connect(slot)
             buttons.addWidget(button)
