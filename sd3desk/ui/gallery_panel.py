@@ -78,6 +78,36 @@ class GalleryPanel(QWidget):
         self.view.customContextMenuRequested.connect(self._on_view_context_menu)
         self.view.activated.connect(lambda index: self._open(self._row(index.row())))
         self.reload_models()
+        self.setAcceptDrops(True)
+
+    # ------------------------------------------------------------------ import by drag and drop
+
+    def dragEnterEvent(self, event) -> None:
+        if any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        for url in event.mimeData().urls():
+            if url.isLocalFile():
+                self.import_file(url.toLocalFile())
+                event.acceptProposedAction()
+                return
+
+    def import_file(self, path: str) -> None:
+        """Read an image's parameters (ours, A1111/Forge, ComfyUI) and offer them to the form;
+        fields with no SD3 meaning are listed, hostile files give a message."""
+        from sd3desk.errors import MetadataError
+        from sd3desk.metadata import read_metadata
+
+        try:
+            meta = read_metadata(path)
+        except MetadataError as exc:
+            self.notice.emit(exc.message)
+            return
+        if meta.unmapped:
+            listed = ", ".join(f"{key}: {value}" for key, value in meta.unmapped)
+            self.notice.emit(f"Not used by SD3, so not loaded: {listed}")
+        self.settings_requested.emit(meta)
 
     # ------------------------------------------------------------------ set-up
 

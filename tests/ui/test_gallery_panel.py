@@ -159,3 +159,47 @@ def test_viewer_fits_zooms_and_shows_parameters(qtbot, panel, tmp_path):
     assert viewer.zoom == 1.5
     viewer.fit()
     assert viewer.picture.pixmap().size() == fitted
+
+
+def test_importing_a1111_comfyui_and_hostile_files(qtbot, panel, tmp_path):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(
+        "parameters",
+        "a castle\nNegative prompt: fog\nSteps: 20, Sampler: DPM++ 2M, CFG scale: 6, Seed: 7, "
+        "Size: 832x1216, Clip skip: 2",
+    )
+    forge = tmp_path / "forge.png"
+    Image.new("RGB", (8, 8)).save(forge, pnginfo=info)
+    notices = []
+    panel.notice.connect(notices.append)
+    with qtbot.waitSignal(panel.settings_requested) as loaded:
+        panel.import_file(str(forge))
+    params = loaded.args[0].params
+    assert (params.prompt, params.negative_prompt, params.seed, params.width) == (
+        "a castle",
+        "fog",
+        7,
+        832,
+    )
+    assert notices == ["Not used by SD3, so not loaded: Sampler: DPM++ 2M, Clip skip: 2"]
+    hostile = tmp_path / "hostile.png"
+    hostile.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\xff" * 64)
+    panel.import_file(str(hostile))
+    assert "truncated" in notices[-1] or "damaged" in notices[-1]
+
+
+def test_background_rescan_picks_up_new_files(qtbot, panel, tmp_path):
+    from sd3desk.ui.gallery_scanner import GalleryScanner
+
+    write(
+        tmp_path / "outputs" / "2026-11-27" / "00000-8.png", "a new owl", 8, "sd3_medium", T0 + 30
+    )
+    scanner = GalleryScanner(tmp_path / "sd3desk.db", tmp_path / "outputs")
+    with qtbot.waitSignal(scanner.finished, timeout=10_000) as done:
+        assert scanner.start()
+        assert not scanner.start()  # one at a time
+    assert done.args[0].added == 1
+    panel.model.refresh()
+    assert names(panel)[0] == "00000-8.png"
