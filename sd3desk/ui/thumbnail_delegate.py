@@ -6,8 +6,6 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt
 from PySide6.QtGui import QImage, QPainter
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
-from sd3desk.ui.gallery_model import ROW_ROLE
-
 
 class ThumbnailDelegate(QStyledItemDelegate):
     """Cells of one size, whatever the image's aspect ratio; selection as a frame."""
@@ -32,14 +30,16 @@ class ThumbnailDelegate(QStyledItemDelegate):
         palette = option.palette
         selected = bool(option.state & QStyle.StateFlag.State_Selected)
         painter.fillRect(rect, palette.highlight() if selected else palette.alternateBase())
-        image = index.data(Qt.ItemDataRole.DecorationRole)
+        # Ask our model directly: no round trip through C++ and QVariant for every cell.
+        model = index.model()
+        row = model.row_at(index.row())
+        image = model.thumbnails.get(row.path) if row is not None else None
         if isinstance(image, QImage) and not image.isNull():
             inner = rect.adjusted(4, 4, -4, -4)
             scaled = image.size().scaled(inner.size(), Qt.AspectRatioMode.KeepAspectRatio)
             target = QRect(0, 0, scaled.width(), scaled.height())
             target.moveCenter(inner.center())
             painter.drawImage(target, image)
-        row = index.data(ROW_ROLE)
         if row is not None and row.favourite:
             painter.setPen(palette.brightText().color() if selected else Qt.GlobalColor.darkYellow)
             painter.drawText(

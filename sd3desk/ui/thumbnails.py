@@ -3,6 +3,7 @@ in-memory cache."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -29,7 +30,9 @@ class _Job(QRunnable):
             image = QImage(str(make_thumbnail(self.path, self.cache_dir, SIZE)))
         except Exception:  # unreadable or vanished file: show no thumbnail, never crash
             image = QImage()
-        self.signals.done.emit(self.path, image)
+        # RuntimeError: the loader was deleted meanwhile, so nobody wants this thumbnail.
+        with contextlib.suppress(RuntimeError):
+            self.signals.done.emit(self.path, image)
 
 
 class ThumbnailLoader(QObject):
