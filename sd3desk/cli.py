@@ -237,7 +237,7 @@ def _jobs_from_args(args: argparse.Namespace, paths: AppPaths) -> list[Generatio
 
 
 def _worker_config(args: argparse.Namespace, paths: AppPaths) -> Any:
-    from sd3desk.inference.models import default_model_dirs
+    from sd3desk.inference.discovery import default_model_dirs
     from sd3desk.inference.worker import WorkerConfig
 
     settings = load_settings(paths.settings_file)
@@ -328,7 +328,8 @@ def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
 
 
 def _models(args: argparse.Namespace, paths: AppPaths) -> int:
-    from sd3desk.inference.models import default_model_dirs, discover_models, hub_cache_dir
+    from sd3desk.inference.discovery import default_model_dirs, discover_models
+    from sd3desk.inference.models import hub_cache_dir
     from sd3desk.params import FAMILY_DEFAULTS
 
     settings = load_settings(paths.settings_file)

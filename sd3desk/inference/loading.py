@@ -9,13 +9,12 @@ from typing import Any
 from sd3desk.errors import ModelError, RefusedFormatError
 from sd3desk.inference import testmodel
 from sd3desk.inference.devices import torch_dtype
+from sd3desk.inference.discovery import find_t5_tokenizer, find_text_encoder_donor
 from sd3desk.inference.models import (
     ModelKind,
     ModelSource,
     bundled_clip_tokenizer_dir,
     bundled_config_dir,
-    find_t5_tokenizer,
-    find_text_encoder_donor,
 )
 from sd3desk.params import ModelFamily
 

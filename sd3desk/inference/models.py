@@ -7,7 +7,6 @@ list and check models instantly.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -23,15 +22,6 @@ TEST_MODEL_REFS = ("test", "sd3desk-test")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 SD3_PIPELINE = "StableDiffusion3Pipeline"
-# Public SD3-family repos whose diffusers folders also serve as text-encoder donors.
-KNOWN_REPOS = (
-    "stabilityai/stable-diffusion-3-medium-diffusers",
-    "stabilityai/stable-diffusion-3.5-medium",
-    "stabilityai/stable-diffusion-3.5-large",
-    "stabilityai/stable-diffusion-3.5-large-turbo",
-)
-# The T5 tokenizer is not bundled (see README); these public repos carry it.
-T5_TOKENIZER_REPOS = ("google/t5-v1_1-xxl",)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Key prefixes of Stability AI's single-file checkpoints (also what diffusers' loader reads).
@@ -386,107 +376,3 @@ def hub_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
-
-
-def _sd3_folder(path: Path) -> bool:
-    try:
-        return (
-            json.loads((path / "model_index.json").read_text("utf-8")).get("_class_name")
-            == SD3_PIPELINE
-        )
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def find_text_encoder_donor(model_dirs: list[Path] | tuple[Path, ...] = ()) -> Path | None:
-    """A diffusers SD3 folder with CLIP-L and CLIP-G weights (all SD3 models share them)."""
-    candidates: list[Path] = []
-    for directory in model_dirs:
-        directory = Path(directory)
-        if _sd3_folder(directory):
-            candidates.append(directory)
-        elif directory.is_dir():
-            candidates += [p for p in sorted(directory.iterdir()) if _sd3_folder(p)]
-    for repo in KNOWN_REPOS:
-        try:
-            candidates.append(hub_snapshot(repo))
-        except ModelError:
-            continue
-    for folder in candidates:
-        if all(any((folder / p).glob("*.safetensors")) for p in ("text_encoder", "text_encoder_2")):
-            return folder
-    return None
-
-
-def find_t5_tokenizer(folders: list[Path]) -> Path | None:
-    """A folder holding the T5 SentencePiece tokenizer (spiece.model or tokenizer.json)."""
-    candidates = [Path(f) / "tokenizer_3" for f in folders]
-    for repo in (*KNOWN_REPOS, *T5_TOKENIZER_REPOS):
-        try:
-            snapshot = hub_snapshot(repo)
-        except ModelError:
-            continue
-        candidates += [snapshot / "tokenizer_3", snapshot]
-    for folder in candidates:
-        if (folder / "spiece.model").exists() or (folder / "tokenizer.json").exists():
-            return folder
-    return None
-
-
-# ------------------------------------------------------------------ listing
-
-
-def discover_models(
-    model_dirs: list[Path] | tuple[Path, ...] = (),
-) -> tuple[list[ModelSource], list[str]]:
-    """SD3-family models in the Hugging Face cache and in the user's folders, plus problems seen."""
-    found: list[ModelSource] = []
-    problems: list[str] = []
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        cache = scan_cache_dir(hub_cache_dir())
-        for repo in sorted(cache.repos, key=lambda r: r.repo_id):
-            if repo.repo_type != "model":
-                continue
-            for revision in repo.revisions:
-                if _sd3_folder(revision.snapshot_path):
-                    try:
-                        found.append(
-                            source_from_path(
-                                revision.snapshot_path, repo.repo_id, ModelKind.hub, repo.repo_id
-                            )
-                        )
-                    except ModelError as exc:
-                        problems.append(f"{repo.repo_id}: {exc.message}")
-                    break
-    except Exception as exc:  # a missing or odd cache is not an error worth stopping for
-        if hub_cache_dir().exists():
-            problems.append(f"cannot scan the Hugging Face cache: {exc}")
-    for directory in model_dirs:
-        directory = Path(directory)
-        if not directory.is_dir():
-            problems.append(f"{directory}: folder not found")
-            continue
-        entries = (
-            [directory]
-            if (directory / "model_index.json").exists()
-            else sorted(directory.iterdir())
-        )
-        for entry in entries:
-            is_model = (
-                entry / "model_index.json"
-            ).exists() or entry.suffix.lower() == ".safetensors"
-            if not is_model:
-                continue
-            try:
-                found.append(source_from_path(entry, str(entry)))
-            except ModelError as exc:
-                problems.append(exc.message)
-    return found, problems
-
-
-def default_model_dirs() -> list[Path]:
-    """Extra folders from SD3DESK_MODEL_DIRS (os.pathsep-separated), used by the CLI."""
-    value = os.environ.get("SD3DESK_MODEL_DIRS", "")
-    return [Path(p) for p in value.split(os.pathsep) if p]

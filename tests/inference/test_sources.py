@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from sd3desk.errors import ModelError, RefusedFormatError, SD3DeskError
+from sd3desk.inference.discovery import discover_models
 from sd3desk.inference.engine import Engine
 from sd3desk.inference.models import (
     ModelKind,
-    discover_models,
     inspect_checkpoint,
     resolve_model,
 )

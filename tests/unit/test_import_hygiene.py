@@ -13,6 +13,10 @@ CORE = [
     "sd3desk.modelhash",
     "sd3desk.cli",
     "sd3desk.inference.models",
+    "sd3desk.inference.discovery",
+    "sd3desk.jobs",
+    "sd3desk.gallery",
+    "sd3desk.ui.gallery_panel",
 ]
 
 
