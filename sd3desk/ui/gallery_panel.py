@@ -80,6 +80,34 @@ class GalleryPanel(QWidget):
         self.reload_models()
         self.setAcceptDrops(True)
 
+    # ------------------------------------------------------------------ keeping in step with files
+
+    def watch(self, scanner) -> None:
+        """Rescan with `scanner` (a GalleryScanner) now and whenever the app becomes active
+        again, so files added or removed outside sd3desk show up; refresh when one finishes."""
+        from PySide6.QtGui import QGuiApplication
+
+        self.scanner = scanner
+        scanner.finished.connect(self._on_scanner_finished)
+        scanner.failed.connect(self.notice)
+        QGuiApplication.instance().applicationStateChanged.connect(self._on_app_state_changed)
+        scanner.start()
+
+    def _on_app_state_changed(self, state) -> None:
+        if state == Qt.ApplicationState.ApplicationActive:
+            self.scanner.start()
+
+    def _on_scanner_finished(self, result) -> None:
+        if result.added or result.updated or result.removed:
+            self.model.refresh()
+            self.reload_models()
+
+    def image_added(self, path: str) -> None:
+        """A job just wrote `path`: index it and show it at once, without a rescan."""
+        self.model.gallery.add(path)
+        self.model.refresh()
+        self.reload_models()
+
     # ------------------------------------------------------------------ import by drag and drop
 
     def dragEnterEvent(self, event) -> None:

@@ -191,15 +191,27 @@ def test_importing_a1111_comfyui_and_hostile_files(qtbot, panel, tmp_path):
 
 
 def test_background_rescan_picks_up_new_files(qtbot, panel, tmp_path):
+    from PySide6.QtCore import Qt as QtCore_Qt
+
     from sd3desk.ui.gallery_scanner import GalleryScanner
 
-    write(
-        tmp_path / "outputs" / "2026-11-27" / "00000-8.png", "a new owl", 8, "sd3_medium", T0 + 30
-    )
     scanner = GalleryScanner(tmp_path / "sd3desk.db", tmp_path / "outputs")
+    with qtbot.waitSignal(scanner.finished, timeout=10_000):
+        panel.watch(scanner)  # scans at once
+    write(
+        tmp_path / "outputs" / "2026-11-27" / "00000-8.png", "a new owl", 8, "sd3.5_medium", T0 + 30
+    )
     with qtbot.waitSignal(scanner.finished, timeout=10_000) as done:
-        assert scanner.start()
-        assert not scanner.start()  # one at a time
+        panel._on_app_state_changed(QtCore_Qt.ApplicationState.ApplicationActive)  # focus back
+        assert not scanner.start()  # one scan at a time
     assert done.args[0].added == 1
-    panel.model.refresh()
     assert names(panel)[0] == "00000-8.png"
+    assert panel.model_filter.findText("sd3.5_medium") >= 0
+
+
+def test_a_new_image_shows_at_once(qtbot, panel, tmp_path):
+    path = write(
+        tmp_path / "outputs" / "2026-11-27" / "00001-9.png", "fresh", 9, "sd3_medium", T0 + 40
+    )
+    panel.image_added(str(path))
+    assert names(panel)[0] == "00001-9.png"
