@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from sd3desk.errors import (
+    FieldError,
     GenerationCancelled,
     InvalidParamsError,
     ModelError,
@@ -32,6 +33,7 @@ from sd3desk.inference.devices import (
     quiet_libraries,
     resolve_plan,
 )
+from sd3desk.inference.loading import LoadStage
 from sd3desk.inference.models import ModelSource
 from sd3desk.inference.preview import PreviewQueue, latents_to_rgb, predicted_x0
 from sd3desk.metadata import ModelIdentity
@@ -61,15 +63,6 @@ class StepInfo:
     elapsed_s: float  # since denoising began
     step_s: float  # this step alone
     preview: Image.Image | None
-
-
-@dataclass(frozen=True)
-class LoadStage:
-    """One stage of loading a model ("Loading T5 text encoder", 4 of 7)."""
-
-    index: int
-    total: int
-    text: str
 
 
 @dataclass(frozen=True)
@@ -172,12 +165,7 @@ class Engine:
                 )
             resolved = ResolvedPlan(resolved.placement, use_t5)
             # 4. place the weights
-            _report(
-                on_stage,
-                LoadStage(
-                    loading.PLACE_STAGE, loading.PLACE_STAGE, "Moving the model to the device"
-                ),
-            )
+            loading.report_stage(on_stage, loading.PLACE_STAGE, "Moving the model to the device")
             place_pipeline(pipe, resolved.placement, device)
         except SD3DeskError:
             free_memory(device)
@@ -384,14 +372,7 @@ class Engine:
         return self._pipe
 
 
-def _report(on_stage: Callable[[LoadStage], None] | None, stage: LoadStage) -> None:
-    if on_stage is not None:
-        on_stage(stage)
-
-
-def _seed_error() -> Any:
-    from sd3desk.errors import FieldError
-
+def _seed_error() -> FieldError:
     return FieldError("seed", f"must be a number from 0 to {SEED_MAX}; resolve 'random' first")
 
 

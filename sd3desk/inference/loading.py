@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,17 @@ NO_T5_NOTICE = (
 )
 
 
-def _stage(on_stage: Callable | None, index: int, text: str) -> None:
-    if on_stage is not None:
-        from sd3desk.inference.engine import LoadStage
+@dataclass(frozen=True)
+class LoadStage:
+    """One stage of loading a model ("Loading T5 text encoder", 4 of 7)."""
 
+    index: int
+    total: int
+    text: str
+
+
+def report_stage(on_stage: Callable[[LoadStage], None] | None, index: int, text: str) -> None:
+    if on_stage is not None:
         on_stage(LoadStage(index, PLACE_STAGE, text))
 
 
@@ -47,7 +55,7 @@ def load_pipeline(
 ) -> tuple[Any, bool, list[str]]:
     """The pipeline for `source`, whether T5 is in it, and notices for the user."""
     if source.kind is ModelKind.test and not (source.path / "model_index.json").exists():
-        _stage(on_stage, 1, "Building the test model (random weights)")
+        report_stage(on_stage, 1, "Building the test model (random weights)")
         testmodel.write_test_model(source.path, source.test_size or "tiny")
     if source.kind is ModelKind.single_file:
         return _load_single_file(source, dtype, use_t5, cache_dir, model_dirs, on_stage)
@@ -74,7 +82,7 @@ def _encoder(folder: Path, part: str, dtype: str, on_stage: Callable | None) -> 
     from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
     label, index = _ENCODER_LABELS[part]
-    _stage(on_stage, index, f"Loading {label}")
+    report_stage(on_stage, index, f"Loading {label}")
     cls = T5EncoderModel if part == "text_encoder_3" else CLIPTextModelWithProjection
     return _component(
         folder,
@@ -113,7 +121,7 @@ def _load_folder(
             "the download is incomplete; download the model again",
             path=str(folder / sorted(missing)[0]),
         )
-    _stage(on_stage, 1, "Loading tokenizers")
+    report_stage(on_stage, 1, "Loading tokenizers")
     parts: dict[str, Any] = {
         "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
         "tokenizer_2": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"),
@@ -127,13 +135,13 @@ def _load_folder(
             _encoder(folder, part, dtype, on_stage) if use_t5 or part != "text_encoder_3" else None
         )
     common = {"torch_dtype": torch_dtype(dtype), "local_files_only": True, "use_safetensors": True}
-    _stage(on_stage, 5, "Loading MMDiT denoiser")
+    report_stage(on_stage, 5, "Loading MMDiT denoiser")
     parts["transformer"] = _component(
         folder,
         "transformer",
         lambda: SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **common),
     )
-    _stage(on_stage, 6, "Loading VAE")
+    report_stage(on_stage, 6, "Loading VAE")
     parts["vae"] = _component(
         folder, "vae", lambda: AutoencoderKL.from_pretrained(folder, subfolder="vae", **common)
     )
@@ -185,7 +193,7 @@ def _load_single_file(
         )
     else:
         config_dir = bundled_config_dir(source.family)
-    _stage(on_stage, 1, "Loading tokenizers")
+    report_stage(on_stage, 1, "Loading tokenizers")
     extra: dict[str, Any] = _clip_tokenizers(config_dir, source.family)
     # 2. text encoders the checkpoint lacks come from a diffusers folder (all SD3s share them)
     donor = None
@@ -235,7 +243,7 @@ def _load_single_file(
         extra["tokenizer_3"] = None
         extra["text_encoder_3"] = None
     # 4. the checkpoint itself, converted by diffusers' single-file loader
-    _stage(on_stage, 5, f"Loading {source.path.name}")
+    report_stage(on_stage, 5, f"Loading {source.path.name}")
     try:
         pipe = StableDiffusion3Pipeline.from_single_file(
             str(source.path),
@@ -250,5 +258,5 @@ def _load_single_file(
         module = getattr(pipe, part, None)
         if module is not None:
             module.eval()
-    _stage(on_stage, 6, "Checkpoint loaded")
+    report_stage(on_stage, 6, "Checkpoint loaded")
     return pipe, use_t5, notices

@@ -43,12 +43,28 @@ def predicted_x0(latents: Any, previous: Any, sigma: Any, previous_sigma: Any) -
     return latents - sigma * velocity
 
 
+_ON_DEVICE: dict[str, tuple[Any, Any]] = {}
+
+
+def _factors_on(device: Any) -> tuple[Any, Any]:
+    """The factor matrix and bias on `device`, copied there once: building them per step meant
+    a blocking host-to-device copy every step on CUDA."""
+    import torch
+
+    key = str(device)
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = (
+            torch.tensor(SD3_LATENT_RGB_FACTORS, dtype=torch.float32, device=device),
+            torch.tensor(SD3_LATENT_RGB_BIAS, dtype=torch.float32, device=device),
+        )
+    return _ON_DEVICE[key]
+
+
 def latents_to_rgb(latents: Any) -> Any:
     """One latent [16, h, w] to uint8 RGB [h, w, 3] on the latent's own device."""
     import torch
 
-    factors = torch.tensor(SD3_LATENT_RGB_FACTORS, dtype=torch.float32, device=latents.device)
-    bias = torch.tensor(SD3_LATENT_RGB_BIAS, dtype=torch.float32, device=latents.device)
+    factors, bias = _factors_on(latents.device)
     rgb = torch.einsum("chw,cr->hwr", latents.detach().float(), factors) + bias
     return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
