@@ -398,16 +398,23 @@ class JobQueue:
 
     def eta(self, job_id: int, running_progress: dict[int, int] | None = None) -> Eta | None:
         """Time until `job_id` is done: the rest of the running jobs plus every job before it."""
-        running_progress = running_progress or {}
-        target = self.get(job_id)
-        if target.state in DONE:
+        if self.get(job_id).state in DONE:
             return None
+        return self.etas(running_progress).get(job_id)
+
+    def etas(self, running_progress: dict[int, int] | None = None) -> dict[int, Eta]:
+        """The ETA of every running and waiting job, in one pass (for the queue panel)."""
+        running_progress = running_progress or {}
+        out: dict[int, Eta] = {}
         total, estimated = 0.0, False
+        rates: dict[str, tuple[float, bool]] = {}
         for job in [*self.running(), *self.queued()]:
-            per_step, guessed = self.seconds_per_step(job.params)
+            key = timing_key(job.params)
+            if key not in rates:
+                rates[key] = self.seconds_per_step(job.params)
+            per_step, guessed = rates[key]
             steps_left = job.params.steps - running_progress.get(job.id, 0)
             total += per_step * steps_left * job.params.batch_size
             estimated = estimated or guessed
-            if job.id == job_id:
-                return Eta(total, estimated)
-        return None
+            out[job.id] = Eta(total, estimated)
+        return out

@@ -39,6 +39,14 @@ class MemoryPlan(Enum):
     no_t5 = "no-t5"  # everything on the device without the T5 encoder (CLIP prompts only)
 
 
+class Theme(Enum):
+    """The window's colours; `system` follows the desktop."""
+
+    system = "system"
+    light = "light"
+    dark = "dark"
+
+
 @dataclass(frozen=True)
 class AppPaths:
     """Where sd3desk keeps data; all under one folder when `--data-dir` is given (tests)."""
@@ -67,6 +75,20 @@ class AppPaths:
         return self.config / "settings.json"
 
     @property
+    def form_file(self) -> Path:
+        """The prompt form as last typed, saved as the user types (survives a crash)."""
+        return self.config / "form.json"
+
+    @property
+    def window_file(self) -> Path:
+        """Window geometry and dock layout (QSettings, ini format)."""
+        return self.config / "window.ini"
+
+    @property
+    def database(self) -> Path:
+        return self.data / "sd3desk.db"
+
+    @property
     def hash_cache(self) -> Path:
         return self.cache / "model-hashes.json"
 
@@ -83,6 +105,8 @@ class Settings:
     last_model: str = ""
     # Workers sharing the queue, one per CUDA device (cuda:0, cuda:1, ...); 1 = off.
     gpu_workers: int = 1
+    use_t5: bool = True  # off: prompts go through the two CLIP encoders only (saves ~9 GB)
+    theme: Theme = Theme.system
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:
@@ -94,6 +118,8 @@ class Settings:
             "memory_plan": self.memory_plan.value,
             "last_model": self.last_model,
             "gpu_workers": self.gpu_workers,
+            "use_t5": self.use_t5,
+            "theme": self.theme.value,
         }
         return json.dumps(data, indent=2, sort_keys=True)
 
@@ -118,6 +144,12 @@ def _parse_setting(key: str, value: Any) -> Any:
         return Device(value)
     if key == "memory_plan":
         return MemoryPlan(value)
+    if key == "theme":
+        return Theme(value)
+    if key == "use_t5":
+        if not isinstance(value, bool):
+            raise TypeError(key)
+        return value
     if key == "model_dirs":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TypeError(key)

@@ -141,14 +141,16 @@ class Engine:
         source: ModelSource,
         plan: MemoryPlan = MemoryPlan.auto,
         on_stage: Callable[[LoadStage], None] | None = None,
+        use_t5: bool = True,
     ) -> LoadedModel:
-        """Load `source` (unloading any other model first) and place it per `plan`."""
+        """Load `source` (unloading any other model first) and place it per `plan`; without T5
+        when `use_t5` is False (the user's setting) or the plan is no-t5."""
         # 1. device, dtype and a concrete memory plan from the weights' sizes
         quiet_libraries()
         device = self.device()
         bytes_per_param = 4 if device.dtype == "float32" else 2
         sizes = {k: n * bytes_per_param for k, n in source.component_params.items()}
-        resolved = resolve_plan(plan, device, sizes, has_t5=True)
+        resolved = resolve_plan(plan, device, sizes, has_t5=use_t5)
         # 2. free the previous model before reading the next one
         self.unload()
         try:

@@ -12,9 +12,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from sd3desk.errors import (
@@ -26,6 +25,9 @@ from sd3desk.errors import (
 )
 from sd3desk.jobs import DONE, Job, JobQueue, JobState
 from sd3desk.settings import Device, MemoryPlan
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class WorkerConfig:
     memory_plan: MemoryPlan = MemoryPlan.auto
     model_dirs: tuple[Path, ...] = ()
     device_index: int = 0  # which CUDA device, when several workers share the queue
+    use_t5: bool = True
 
 
 EngineFactory = Callable[[WorkerConfig], Any]
@@ -120,6 +123,8 @@ class Worker(QObject):
     """
 
     submitted = Signal(object)
+    preload_requested = Signal(str)  # a model reference to load before any job needs it
+    reconfigure_requested = Signal(object)  # a new WorkerConfig (the user changed settings)
     job_started = Signal(object)
     step_progressed = Signal(object)
     job_finished = Signal(object)
@@ -139,6 +144,8 @@ class Worker(QObject):
         self.thread_.setObjectName(f"sd3desk-worker-{index}")
         self.moveToThread(self.thread_)
         self.submitted.connect(self._run)
+        self.preload_requested.connect(self._preload)
+        self.reconfigure_requested.connect(self._reconfigure)
 
     def start(self) -> None:
         self.thread_.start()
@@ -161,6 +168,62 @@ class Worker(QObject):
             EngineState(self.index, state, text, stage, stages, tuple(notices))
         )
 
+    def prompt_length(self, prompt: str, max_sequence_length: int) -> Any:
+        """Token counts per encoder with the loaded model's tokenizers; None before a model is
+        loaded. Safe from any thread: tokenizers are read-only once loaded."""
+        engine = self._engine
+        if engine is None or engine.loaded is None:
+            return None
+        try:
+            return engine.prompt_length(prompt, max_sequence_length)
+        except Exception:  # the model was swapped out meanwhile; the next edit asks again
+            log.debug("prompt length failed", exc_info=True)
+            return None
+
+    @Slot(object)
+    def _reconfigure(self, config: WorkerConfig) -> None:
+        """New settings: a device change needs a new engine; a plan or T5 change a reload."""
+        old, self.config = self.config, config
+        if self._engine is None:
+            return
+        if old.device != config.device or old.model_dirs != config.model_dirs:
+            self._engine.unload()
+            self._engine = None
+        elif (old.memory_plan, old.use_t5) != (config.memory_plan, config.use_t5):
+            self._engine.unload()  # the next job loads its model with the new plan
+
+    @Slot(str)
+    def _preload(self, reference: str) -> None:
+        """Load a model while the user is still typing; a job for it then starts at once."""
+        try:
+            self._ensure_model(reference)
+        except Exception as exc:
+            failure = _failure(0, exc)
+            self._state("failed", failure.message, notices=[failure.advice])
+
+    def _ensure_model(self, reference: str) -> Any:
+        from sd3desk.inference.models import resolve_model
+
+        # 1. the engine, created here so torch is imported on this thread, not the GUI's
+        if self._engine is None:
+            self._state("starting", "Starting the engine…")
+            self._engine = self._engine_factory(self.config)
+        engine = self._engine
+        # 2. the model, loaded once and kept until a job needs another one
+        loaded = engine.loaded
+        if loaded is None or loaded.source.reference != reference:
+            source = resolve_model(reference, test_model_dir=self.config.cache_dir / "test-model")
+            engine.load(
+                source,
+                self.config.memory_plan,
+                on_stage=lambda s: self._state("loading", s.text + "…", s.index, s.total),
+                use_t5=self.config.use_t5,
+            )
+            self._state(
+                "ready", f"Ready: {engine.loaded.describe()}", notices=engine.loaded.notices
+            )
+        return engine
+
     @Slot(object)
     def _run(self, job: Job) -> None:
         cancel = threading.Event()
@@ -180,29 +243,11 @@ class Worker(QObject):
                 self._current = None
 
     def _generate(self, job: Job, cancel: threading.Event) -> JobFinished:
-        from sd3desk.inference.models import resolve_model
         from sd3desk.metadata import ImageMetadata
         from sd3desk.outputs import save_generated
 
-        # 1. the engine, created here so torch is imported on this thread, not the GUI's
-        if self._engine is None:
-            self._state("starting", "Starting the engine…")
-            self._engine = self._engine_factory(self.config)
-        engine = self._engine
-        # 2. the job's model, loaded once and kept until a job needs another one
-        loaded = engine.loaded
-        if loaded is None or loaded.source.reference != job.params.model:
-            source = resolve_model(
-                job.params.model, test_model_dir=self.config.cache_dir / "test-model"
-            )
-            engine.load(
-                source,
-                self.config.memory_plan,
-                on_stage=lambda s: self._state("loading", s.text + "…", s.index, s.total),
-            )
-            self._state(
-                "ready", f"Ready: {engine.loaded.describe()}", notices=engine.loaded.notices
-            )
+        # 1-2. the engine and the job's model
+        engine = self._ensure_model(job.params.model)
         if cancel.is_set():
             raise GenerationCancelled(0)
         # 3. generate, reporting every step
@@ -318,6 +363,21 @@ class QueueRunner(QObject):
             self.workers[worker_index].cancel(job_id)
         if not self._busy:
             self.idle.emit()
+
+    def preload(self, reference: str) -> None:
+        """Load a model on the first worker now, so the first job starts without waiting for it.
+        Skipped while jobs run (they load what they need)."""
+        if reference and self.workers and not self._busy:
+            self.workers[0].preload_requested.emit(reference)
+
+    def prompt_length(self, prompt: str, max_sequence_length: int) -> Any:
+        """Token counts with the first worker's loaded tokenizers (None before a model loads).
+        Any thread."""
+        return self.workers[0].prompt_length(prompt, max_sequence_length) if self.workers else None
+
+    @property
+    def running_progress(self) -> dict[int, int]:
+        return dict(self._progress)
 
     def progress(self, job_id: int) -> int:
         return self._progress.get(job_id, 0)
