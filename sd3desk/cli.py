@@ -55,11 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sd3desk",
         description="Generate images with Stable Diffusion 3 on your own machine.",
         epilog="Run 'sd3desk COMMAND --help' for a command's options. "
-        "The desktop window is not part of this version yet; use 'generate' or 'queue'.",
+        "Without a command, sd3desk opens its window.",
     )
     parser.add_argument("--version", action="version", version=f"sd3desk {__version__}")
     parser.add_argument("--data-dir", type=Path, help="keep settings, cache and outputs under DIR")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    parser.add_argument(
+        "--model",
+        dest="window_model",
+        default="",
+        metavar="MODEL",
+        help="(window) model to select: PATH, REPO_ID or 'test'",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     gen = commands.add_parser("generate", help="make images from a prompt and save them as PNG")
@@ -145,14 +152,18 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # the window; it sets up its own log file
+        from sd3desk.app import main as run_window
+
+        window_args = ["--model", args.window_model] if args.window_model else []
+        if args.data_dir is not None:
+            window_args += ["--data-dir", str(args.data_dir)]
+        return run_window(window_args + (["--verbose"] if args.verbose else []))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     paths = AppPaths.default(args.data_dir)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_OK
     handlers = {
         "generate": _generate,
         "queue": _queue,

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from sd3desk.atomic import atomic_write_bytes
 from sd3desk.errors import MetadataError
 from sd3desk.metadata import read_metadata
@@ -299,6 +297,8 @@ def make_thumbnail(image: Path | str, cache_dir: Path, size: int = 256) -> Path:
     target = thumbnail_path(cache_dir, image, image.stat().st_mtime_ns, size)
     if target.exists():
         return target
+    from PIL import Image
+
     with Image.open(image) as source:
         source.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
         source.thumbnail((size, size))
@@ -323,6 +323,8 @@ def export_image(source: Path | str, target: Path | str) -> Path:
     except MetadataError:
         meta = None
     buffer = io.BytesIO()
+    from PIL import Image
+
     with Image.open(source) as image:
         rgb = image.convert("RGB")
         if kind == "PNG":

@@ -16,13 +16,14 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
-
-from PIL import Image, PngImagePlugin
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sd3desk import __version__
 from sd3desk.errors import InvalidParamsError, MetadataError
 from sd3desk.params import GenerationParams
+
+if TYPE_CHECKING:  # Pillow is imported where pixels or EXIF are touched: the window
+    from PIL import Image, PngImagePlugin  # starts faster without it
 
 FORMAT_KEY = "sd3desk"
 FORMAT_VERSION = 1
@@ -111,6 +112,8 @@ def json_text(meta: ImageMetadata) -> str:
 
 def png_info(meta: ImageMetadata) -> PngImagePlugin.PngInfo:
     """PNG text chunks for `meta`; Pillow writes them before the image data."""
+    from PIL import PngImagePlugin
+
     info = PngImagePlugin.PngInfo()
     info.add_text(A1111_KEY, a1111_text(meta))  # tEXt when Latin-1, else iTXt (UTF-8)
     info.add_itxt(FORMAT_KEY, json_text(meta), zip=True)
@@ -119,6 +122,8 @@ def png_info(meta: ImageMetadata) -> PngImagePlugin.PngInfo:
 
 def exif_with_comment(text: str) -> Image.Exif:
     """EXIF carrying `text` in UserComment the way A1111 writes it (UNICODE, UTF-16BE)."""
+    from PIL import Image
+
     exif = Image.Exif()
     exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
     return exif
@@ -244,6 +249,8 @@ def _read_exif_comment(path: Path) -> dict[str, str]:
     if path.stat().st_size > MAX_EXIF_FILE:
         raise MetadataError(f"{path.name} is larger than 256 MB; refusing to read it")
     try:
+        from PIL import Image
+
         with Image.open(path) as image:
             raw = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
     except Exception as exc:  # Pillow raises many types for damaged files

@@ -8,11 +8,13 @@ import os
 import re
 import time
 from pathlib import Path
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from sd3desk.atomic import write_new_file
 from sd3desk.metadata import ImageMetadata, png_info
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 _SEQUENCE = re.compile(r"^(\d{5,})-")
 

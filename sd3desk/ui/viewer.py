@@ -30,6 +30,7 @@ class ImageViewer(QWidget):
         super().__init__(parent)
         self.zoom: float | None = None
         self._image = QImage()
+        self._upscale = False
         self.picture = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
         self.picture.setObjectName("viewerImage")
         self.scroll = QScrollArea(widgetResizable=False, alignment=Qt.AlignmentFlag.AlignCenter)
@@ -37,6 +38,7 @@ class ImageViewer(QWidget):
         self.params = QTextBrowser()
         self.params.setObjectName("viewerParams")
         self.params.setAccessibleName("Image parameters")
+        self.params.hide()  # until there is an image to describe
         buttons = QHBoxLayout()
         for text, tip, shortcut, slot in (
             ("Fit", "Fit the image to the window", "Ctrl+0", self.fit),
@@ -55,17 +57,21 @@ class ImageViewer(QWidget):
         column.setContentsMargins(0, 0, 0, 0)
         column.addLayout(buttons)
         column.addWidget(self.scroll, 1)
-        splitter = QSplitter()
+        # the parameters under the image: the image keeps the full width at any window size
+        splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(left)
         splitter.addWidget(self.params)
-        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(0, 4)
         splitter.setStretchFactor(1, 1)
+        splitter.setCollapsible(0, False)
+        self.params.setMinimumHeight(60)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)
 
     def show_image(self, path: Path | str) -> None:
         self._image = QImage(str(path))
+        self._upscale = False
         try:
             meta = read_metadata(path)
             text = a1111_text(meta)
@@ -74,6 +80,15 @@ class ImageViewer(QWidget):
         except MetadataError as exc:
             text = exc.message
         self.params.setPlainText(f"{Path(path).name}\n\n{text}")
+        self.params.show()
+        self._render()
+
+    def show_qimage(self, image: QImage, text: str) -> None:
+        """An image not on disk yet (a live preview), scaled like any other."""
+        self._image = image
+        self._upscale = True  # a small preview fills the space the final image will take
+        self.params.setPlainText(text)
+        self.params.show()
         self._render()
 
     def fit(self) -> None:
@@ -98,7 +113,8 @@ class ImageViewer(QWidget):
         if self._image.isNull():
             return 1.0
         area = self.scroll.viewport().size()
-        return min(area.width() / self._image.width(), area.height() / self._image.height(), 1.0)
+        factor = min(area.width() / self._image.width(), area.height() / self._image.height())
+        return factor if self._upscale else min(factor, 1.0)
 
     def _render(self) -> None:
         if self._image.isNull():

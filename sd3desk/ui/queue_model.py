@@ -1,0 +1,175 @@
+"""A list model over the job queue: running and waiting jobs with ETAs, then recent ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QColor
+
+from sd3desk.jobs import DONE, Eta, Job, JobQueue, JobState
+
+JOB_ROLE = Qt.ItemDataRole.UserRole + 1
+MIME = "application/x-sd3desk-job-ids"
+DONE_SHOWN = 200  # recent finished jobs kept in the list; the rest stay in the database
+
+_STATE_WORDS = {
+    JobState.queued: "waiting",
+    JobState.running: "running",
+    JobState.finished: "done",
+    JobState.failed: "failed",
+    JobState.cancelled: "cancelled",
+}
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+class QueueModel(QAbstractListModel):
+    """Rows are Jobs from `queue.jobs()`. `refresh(progress)` reloads them (the queue is small:
+    waiting jobs plus at most DONE_SHOWN recent ones). Waiting jobs can be dragged to reorder.
+
+    Thread rule: GUI thread only, like the JobQueue it reads.
+    """
+
+    def __init__(self, queue: JobQueue) -> None:
+        super().__init__()
+        self.queue = queue
+        self._jobs: list[Job] = []
+        self._etas: dict[int, Eta] = {}
+        self._progress: dict[int, int] = {}
+        self.refresh()
+
+    def refresh(self, progress: dict[int, int] | None = None) -> None:
+        self._progress = dict(progress or {})
+        jobs = self.queue.jobs()
+        active = [j for j in jobs if j.state not in DONE]
+        done = [j for j in jobs if j.state in DONE][:DONE_SHOWN]
+        self.beginResetModel()
+        self._jobs = active + done
+        self._etas = self.queue.etas(self._progress)
+        self.endResetModel()
+
+    def update_progress(self, job_id: int, step: int) -> None:
+        """A step landed: refresh that row's text only (cheap; called every step)."""
+        self._progress[job_id] = step
+        for row, job in enumerate(self._jobs):
+            if job.id == job_id:
+                index = self.index(row)
+                self.dataChanged.emit(index, index, [Qt.ItemDataRole.DisplayRole])
+                return
+
+    def job_at(self, row: int) -> Job | None:
+        return self._jobs[row] if 0 <= row < len(self._jobs) else None
+
+    def row_of(self, job_id: int) -> int:
+        return next((row for row, job in enumerate(self._jobs) if job.id == job_id), -1)
+
+    # ------------------------------------------------------------------ Qt model API
+
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._jobs)
+
+    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = 0) -> Any:
+        job = self.job_at(index.row())
+        if job is None:
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._text(job)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(job)
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if job.state is JobState.failed:
+                return QColor("#d9534f")
+            if job.state in DONE:
+                return QColor("gray")
+            return None
+        if role == JOB_ROLE:
+            return job
+        if role == Qt.ItemDataRole.AccessibleTextRole:
+            return self._text(job).replace("\n", ", ")
+        return None
+
+    def flags(self, index: QModelIndex | QPersistentModelIndex) -> Qt.ItemFlag:
+        flags = Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled
+        if not index.isValid():
+            return flags | Qt.ItemFlag.ItemIsDropEnabled
+        job = self.job_at(index.row())
+        if job is not None and job.state is JobState.queued:
+            flags |= Qt.ItemFlag.ItemIsDragEnabled
+        return flags
+
+    def supportedDropActions(self) -> Qt.DropAction:
+        return Qt.DropAction.MoveAction
+
+    def mimeTypes(self) -> list[str]:
+        return [MIME]
+
+    def mimeData(self, indexes: list[QModelIndex]) -> QMimeData:
+        data = QMimeData()
+        ids = [str(job.id) for i in indexes if (job := self.job_at(i.row())) is not None]
+        data.setData(MIME, ",".join(ids).encode())
+        return data
+
+    def dropMimeData(self, data: QMimeData, action, row: int, column: int, parent) -> bool:
+        """Move the dragged waiting jobs to where they were dropped among the waiting jobs."""
+        if not data.hasFormat(MIME) or action != Qt.DropAction.MoveAction:
+            return False
+        ids = [int(t) for t in bytes(data.data(MIME).data()).decode().split(",") if t]
+        if row < 0:
+            row = parent.row() if parent.isValid() else len(self._jobs)
+        # the new index among the other waiting jobs = how many of them sit above the drop
+        target = sum(1 for j in self._jobs[:row] if j.state is JobState.queued and j.id not in ids)
+        for offset, job_id in enumerate(ids):
+            self.queue.move_to(job_id, target + offset)
+        self.refresh(self._progress)
+        return False  # we moved the rows ourselves; the view must not remove anything
+
+    # ------------------------------------------------------------------ text
+
+    def _text(self, job: Job) -> str:
+        p = job.params
+        prompt = p.prompt if len(p.prompt) <= 60 else p.prompt[:57] + "…"
+        status = _STATE_WORDS[job.state]
+        if job.state is JobState.running:
+            step = self._progress.get(job.id, 0)
+            status += f" · step {step}/{p.steps}"
+        elif job.state is JobState.queued:
+            position = [j.id for j in self._jobs if j.state is JobState.queued].index(job.id) + 1
+            status += f" · {_ordinal(position)}"
+        eta = self._etas.get(job.id)
+        if eta is not None and job.state not in DONE:
+            status += f" · {'~' if eta.estimated else ''}{format_seconds(eta.seconds)} left"
+        if job.note and job.state is JobState.queued:
+            status += f" · {job.note}"
+        if job.state is JobState.failed:
+            status += f" · {job.error_message}"
+        images = f" · {p.batch_size} images" if p.batch_size > 1 else ""
+        return (
+            f"#{job.id} {status}\n{prompt or '(no prompt)'}\n"
+            f"{p.width}×{p.height} · {p.steps} steps · seed {p.seed}{images}"
+        )
+
+    def _tooltip(self, job: Job) -> str:
+        lines = [job.params.prompt or "(no prompt)"]
+        if job.params.negative_prompt:
+            lines.append(f"Negative: {job.params.negative_prompt}")
+        lines.append(f"Model: {job.params.model}")
+        if job.error_message:
+            lines.append(f"Error: {job.error_message}")
+        if job.error_advice:
+            lines.append(f"Advice: {job.error_advice}")
+        if job.note:
+            lines.append(job.note)
+        return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Settings: output folder, device, memory plan, T5, theme, model folders, GPU workers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from sd3desk.settings import Device, MemoryPlan, Settings, Theme
+
+_PLAN_WORDS = {
+    MemoryPlan.auto: "Automatic (by free GPU memory)",
+    MemoryPlan.gpu: "Everything on the GPU (fastest)",
+    MemoryPlan.offload: "Offload: one part on the GPU at a time (~10 GB)",
+    MemoryPlan.sequential: "Sequential: layer by layer (slowest, ~3 GB)",
+    MemoryPlan.no_t5: "Everything on the GPU without T5 (~8 GB)",
+}
+_DEVICE_WORDS = {
+    Device.auto: "Automatic (CUDA, then Apple GPU, then CPU)",
+    Device.cuda: "NVIDIA GPU (CUDA)",
+    Device.mps: "Apple GPU (MPS)",
+    Device.cpu: "CPU (slow; for trying only)",
+}
+
+
+class SettingsDialog(QDialog):
+    """Edits a copy of Settings; `result_settings()` gives the edited one after accept()."""
+
+    def __init__(self, settings: Settings, default_output: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.setObjectName("settingsDialog")
+        self._settings = settings
+        self.output = QLineEdit(settings.output_dir, objectName="outputDirEdit")
+        self.output.setPlaceholderText(default_output)
+        self.output.setAccessibleName("Output folder")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._choose_output)
+        self.device = self._combo("deviceCombo", _DEVICE_WORDS, settings.device)
+        self.plan = self._combo("memoryPlanCombo", _PLAN_WORDS, settings.memory_plan)
+        self.use_t5 = QCheckBox(
+            "Use the T5 text encoder (better prompt following; ~9 GB more memory)",
+            checked=settings.use_t5,
+            objectName="useT5Check",
+        )
+        self.theme = self._combo(
+            "themeCombo",
+            {Theme.system: "System", Theme.light: "Light", Theme.dark: "Dark"},
+            settings.theme,
+        )
+        self.model_dirs = QListWidget(objectName="modelDirsList")
+        self.model_dirs.setAccessibleName("Model folders")
+        self.model_dirs.addItems(list(settings.model_dirs))
+        self.model_dirs.setMaximumHeight(110)
+        add_dir = QPushButton("Add…")
+        add_dir.clicked.connect(self._add_model_dir)
+        remove_dir = QPushButton("Remove")
+        remove_dir.clicked.connect(
+            lambda: [
+                self.model_dirs.takeItem(self.model_dirs.row(i))
+                for i in self.model_dirs.selectedItems()
+            ]
+        )
+        self.workers = QSpinBox(objectName="gpuWorkersSpin", accessibleName="GPU workers")
+        self.workers.setRange(1, 8)
+        self.workers.setValue(settings.gpu_workers)
+        self.workers.setToolTip("One worker per NVIDIA GPU (cuda:0, cuda:1, …); 1–8")
+
+        form = QFormLayout()
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.output, 1)
+        out_row.addWidget(browse)
+        form.addRow("&Output folder", out_row)
+        form.addRow("&Device", self.device)
+        form.addRow("&Memory plan", self.plan)
+        form.addRow("", self.use_t5)
+        form.addRow("&Theme", self.theme)
+        dirs_row = QVBoxLayout()
+        dirs_row.addWidget(self.model_dirs)
+        dir_buttons = QHBoxLayout()
+        dir_buttons.addWidget(add_dir)
+        dir_buttons.addWidget(remove_dir)
+        dir_buttons.addStretch(1)
+        dirs_row.addLayout(dir_buttons)
+        form.addRow("Model &folders", dirs_row)
+        form.addRow("&GPU workers", self.workers)
+        note = QLabel(
+            "Device, memory plan and T5 apply from the next model load; the number of GPU "
+            "workers from the next start.",
+            wordWrap=True,
+        )
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(note)
+        layout.addWidget(buttons)
+        self.resize(620, self.sizeHint().height())
+
+    @staticmethod
+    def _combo(name: str, words: dict, current) -> QComboBox:
+        combo = QComboBox(objectName=name)
+        for value, text in words.items():
+            combo.addItem(text, value)
+        combo.setCurrentIndex(combo.findData(current))
+        return combo
+
+    def _choose_output(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Output folder", self.output.text())
+        if folder:
+            self.output.setText(folder)
+
+    def _add_model_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "A folder with SD3 models")
+        if folder:
+            self.model_dirs.addItem(folder)
+
+    def result_settings(self) -> Settings:
+        return dataclasses.replace(
+            self._settings,
+            output_dir=self.output.text().strip(),
+            device=self.device.currentData(),
+            memory_plan=self.plan.currentData(),
+            use_t5=self.use_t5.isChecked(),
+            theme=self.theme.currentData(),
+            model_dirs=tuple(
+                self.model_dirs.item(i).text() for i in range(self.model_dirs.count())
+            ),
+            gpu_workers=self.workers.value(),
+        )

@@ -1,0 +1,249 @@
+"""The main window end to end on the tiny model: form -> queue -> worker -> gallery -> re-run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+from PySide6.QtCore import QItemSelectionModel, Qt
+from PySide6.QtWidgets import QLabel, QWidget
+
+from sd3desk.app import create_window
+from sd3desk.jobs import JobState
+from sd3desk.metadata import read_metadata
+from sd3desk.settings import Theme, load_settings
+
+OBJECT_NAMES = ["promptEdit", "negativePromptEdit", "seedSpin", "randomSeedCheck", "stepsSpin", "guidanceSpin", "aspectCombo", "widthSpin", "heightSpin", "batchSpin", "modelCombo", "generateButton", "cancelButton", "progressBar", "previewView", "queueView", "galleryView"]
+
+
+@pytest.fixture
+def open_window(qtbot):
+    """Build windows like `sd3desk` does (without the event loop); shut each down after."""
+    windows = []
+
+    def make(*argv: str, started: bool = True):
+        window = create_window(list(argv))
+        qtbot.addWidget(window)
+        window.show()
+        windows.append(window)
+        if started:
+            qtbot.waitUntil(lambda: window.gallery_panel is not None, timeout=10_000)
+        return window
+
+    yield make
+    for window in windows:
+        window.controller.shutdown()
+        window.close()
+
+
+def finished_jobs(window):
+    return [j for j in window.controller.queue.jobs() if j.state is JobState.finished]
+
+
+def test_building_and_showing_the_window_imports_no_torch(tmp_path):
+    """In a fresh process: the window is built and shown before torch is imported, and the
+    gallery and the model search never import it (only the worker does, on its thread)."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from PySide6.QtWidgets import QApplication, QWidget
+        from sd3desk.app import create_window
+        window = create_window(["--data-dir", {str(tmp_path)!r}])
+        window.show()
+        shown_without_torch = "torch" not in sys.modules
+        app = QApplication.instance()
+        found = []
+        window.controller.catalog.found.connect(lambda *a: found.append(1))
+        while window.gallery_panel is None or not found:
+            app.processEvents()
+        app.processEvents()
+        names = {OBJECT_NAMES!r}
+        missing = [n for n in names if window.findChild(QWidget, n) is None]
+        window.controller.shutdown()
+        print(shown_without_torch, "torch" not in sys.modules, missing)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "True True []"
+
+
+def test_prompt_to_gallery_and_exact_rerun(open_window, qtbot, tiny_model_dir, tmp_path):
+    window = open_window("--data-dir", str(tmp_path), "--model", str(tiny_model_dir))
+    panel = window.prompt_panel
+    panel.prompt.setPlainText("a lighthouse at dusk")
+    panel.steps.setValue(4)
+    panel.set_size(256, 256)
+    steps: list[int] = []
+    window.controller.runner.step_progressed.connect(
+        lambda e: steps.append(window.generation.progress.value())
+    )
+
+    qtbot.mouseClick(window.findChild(QWidget, "generateButton"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(finished_jobs(window)) == 1, timeout=90_000)
+
+    # progress advanced step by step and the status says the engine is ready
+    assert steps == [1, 2, 3, 4]
+    assert (
+        "step 4/4" in window.generation.progress.format()
+        or "done" in window.generation.progress.format()
+    )
+    # the image is in the gallery with its parameters, and shown in the viewer
+    gallery = window.gallery_panel
+    qtbot.waitUntil(lambda: gallery.model.rowCount() == 1)
+    row = gallery.model.row_at(0)
+    meta = read_metadata(row.path)
+    assert meta.params.prompt == "a lighthouse at dusk"
+    assert (meta.params.steps, meta.params.width) == (4, 256)
+    assert panel.last_seed == meta.params.seed
+    # re-run exactly from the gallery: identical pixels
+    gallery.view.selectionModel().select(
+        gallery.model.index(0), QItemSelectionModel.SelectionFlag.Select
+    )
+    gallery.actions_["rerun"].trigger()
+    qtbot.waitUntil(lambda: len(finished_jobs(window)) == 2, timeout=90_000)
+    first, again = (j.outputs[0] for j in sorted(finished_jobs(window), key=lambda j: j.id))
+    assert first != again
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
+
+
+def test_invalid_input_is_shown_by_its_field_and_queues_nothing(open_window, tmp_path):
+    window = open_window("--data-dir", str(tmp_path), "--model", "test")
+    panel = window.prompt_panel
+    panel.prompt.setPlainText("x" * 20_001)
+    panel.width_spin.setValue(1000)  # typed, not yet snapped: not a multiple of 16
+    assert window.generate() is None
+    prompt_error = window.findChild(QLabel, "promptError")
+    width_error = window.findChild(QLabel, "widthError")
+    assert prompt_error.isVisibleTo(window) and "20000" in prompt_error.text()
+    assert width_error.isVisibleTo(window) and "multiple of 16" in width_error.text()
+    assert window.controller.queue.jobs() == []
+    # fixing the field clears its message
+    panel.width_spin.setValue(1024)
+    assert not width_error.isVisibleTo(window)
+
+
+def test_no_model_means_an_error_not_a_job(open_window, tmp_path):
+    window = open_window("--data-dir", str(tmp_path), "--model", "test")
+    window.prompt_panel.model_combo.clear()
+    window.prompt_panel.prompt.setPlainText("a cat")
+    assert window.generate() is None
+    assert "pick a model" in window.findChild(QLabel, "modelError").text()
+    assert window.controller.queue.jobs() == []
+
+
+def test_form_settings_and_layout_survive_a_restart(open_window, qtbot, tmp_path):
+    data = str(tmp_path)
+    window = open_window("--data-dir", data, "--model", "test")
+    panel = window.prompt_panel
+    panel.prompt.setPlainText("a red fox in snow")
+    panel.negative.setPlainText("blurry")
+    panel.use_seed(1234)
+    panel.steps.setValue(12)
+    panel.guidance.setValue(3.5)
+    panel.set_size(1344, 768)
+    panel.batch.setValue(3)
+    controller = window.controller
+    controller.apply_settings(
+        type(controller.settings)(**{**controller.settings.__dict__, "theme": Theme.dark})
+    )
+    window.save_form()  # the form saves itself a second after each edit; do it now
+    window.save_layout()
+    controller.shutdown()
+
+    again = open_window("--data-dir", data)
+    p = again.prompt_panel
+    assert p.prompt.toPlainText() == "a red fox in snow"
+    assert p.negative.toPlainText() == "blurry"
+    assert not p.random_seed.isChecked() and p.seed.value() == 1234
+    assert (p.steps.value(), p.guidance.value(), p.batch.value()) == (12, 3.5, 3)
+    assert (p.width_spin.value(), p.height_spin.value()) == (1344, 768)
+    assert p.aspect.currentData() == "16:9"
+    assert load_settings(tmp_path / "settings.json").theme is Theme.dark
+    assert again.controller.settings.theme is Theme.dark
+
+
+def test_form_is_saved_while_typing(open_window, qtbot, tmp_path):
+    """A crash loses at most the last second of typing: the form is saved as the user types."""
+    window = open_window("--data-dir", str(tmp_path), "--model", "test")
+    window.prompt_panel.prompt.setPlainText("saved without closing")
+    form = tmp_path / "form.json"
+    qtbot.waitUntil(
+        lambda: form.exists() and "saved without closing" in form.read_text(), timeout=5_000
+    )
+    assert json.loads(form.read_text())["prompt"] == "saved without closing"
+
+
+def test_first_run_without_models_opens_the_setup_dialog(open_window, qtbot, tmp_path):
+    window = open_window("--data-dir", str(tmp_path))
+    qtbot.waitUntil(lambda: getattr(window, "setup_dialog", None) is not None, timeout=10_000)
+    dialog = window.setup_dialog
+    assert dialog.isVisible()
+    qtbot.mouseClick(dialog.findChild(QWidget, "useTestModelButton"), Qt.MouseButton.LeftButton)
+    assert window.prompt_panel.model_reference() == "test"
+    assert not dialog.isVisible()
+
+
+def test_queue_panel_pause_reorder_duplicate_cancel_clear(open_window, qtbot, tmp_path):
+    window = open_window("--data-dir", str(tmp_path), "--model", "test")
+    queue_panel, controller = window.queue_panel, window.controller
+    queue_panel.pause.trigger()  # paused: nothing runs, and it is remembered
+    assert controller.queue.paused
+    window.prompt_panel.prompt.setPlainText("first")
+    first = window.generate()
+    window.prompt_panel.prompt.setPlainText("second")
+    second = window.generate()
+    model = queue_panel.model
+    assert [model.job_at(r).id for r in range(model.rowCount())] == [first.id, second.id]
+    assert "waiting · 1st" in model.data(model.index(0))
+    # drag the second job above the first
+    mime = model.mimeData([model.index(1)])
+    model.dropMimeData(mime, Qt.DropAction.MoveAction, 0, 0, model.index(0).parent())
+    assert [j.id for j in controller.queue.queued()] == [second.id, first.id]
+    # duplicate, then cancel the copy
+    queue_panel.select_job(first.id)
+    queue_panel.duplicate.trigger()
+    copy = controller.queue.queued()[-1]
+    assert copy.params == first.params and copy.id not in (first.id, second.id)
+    queue_panel.view.clearSelection()
+    queue_panel.select_job(copy.id)
+    queue_panel.cancel.trigger()
+    assert controller.queue.get(copy.id).state is JobState.cancelled
+    queue_panel.clear.trigger()
+    assert [j.id for j in controller.queue.jobs()] == [second.id, first.id]
+
+
+def test_escape_cancels_the_running_job_and_failures_become_notices(
+    open_window, qtbot, tmp_path, tiny_model_dir
+):
+    window = open_window("--data-dir", str(tmp_path), "--model", str(tiny_model_dir))
+    panel = window.prompt_panel
+    panel.prompt.setPlainText("a long one")
+    panel.steps.setValue(150)
+    panel.set_size(256, 256)
+    job = window.generate()
+    qtbot.waitUntil(lambda: window.generation.progress.value() >= 1, timeout=90_000)
+    assert panel.cancel_button.isEnabled()
+    qtbot.keyClick(panel.prompt, Qt.Key.Key_Escape)
+    qtbot.waitUntil(
+        lambda: window.controller.queue.get(job.id).state is JobState.cancelled, timeout=30_000
+    )
+    assert not panel.cancel_button.isEnabled()
+
+    panel.select_model(str(tmp_path / "missing-model"))
+    failed = window.generate()
+    qtbot.waitUntil(
+        lambda: window.controller.queue.get(failed.id).state is JobState.failed, timeout=30_000
+    )
+    notices = window.controller.notices.notices
+    assert any("failed" in n.message and n.level.value == "error" for n in notices)
+    assert "Notices (" in window.notices_button.text()
+    assert "Traceback" not in window.notice_label.toolTip()
+    text = window.controller.diagnostics()
+    assert "sd3desk" in text and "PySide6" in text
