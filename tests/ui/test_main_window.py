@@ -18,7 +18,25 @@ from sd3desk.jobs import JobState
 from sd3desk.metadata import read_metadata
 from sd3desk.settings import Theme, load_settings
 
-OBJECT_NAMES = ["promptEdit", "negativePromptEdit", "seedSpin", "randomSeedCheck", "stepsSpin", "guidanceSpin", "aspectCombo", "widthSpin", "heightSpin", "batchSpin", "modelCombo", "generateButton", "cancelButton", "progressBar", "previewView", "queueView", "galleryView"]
+OBJECT_NAMES = [
+    "promptEdit",
+    "negativePromptEdit",
+    "seedSpin",
+    "randomSeedCheck",
+    "stepsSpin",
+    "guidanceSpin",
+    "aspectCombo",
+    "widthSpin",
+    "heightSpin",
+    "batchSpin",
+    "modelCombo",
+    "generateButton",
+    "cancelButton",
+    "progressBar",
+    "previewView",
+    "queueView",
+    "galleryView",
+]
 
 
 @pytest.fixture
