@@ -190,9 +190,18 @@ class Controller:
             QTimer.singleShot(0, self.open_model_setup)  # first run: help the user get a model
 
     def open_model_setup(self) -> None:
+        from PySide6.QtCore import Qt
+        from shiboken6 import isValid
+
         from sd3desk.ui.model_setup_dialog import ModelSetupDialog
 
+        current = getattr(self.window, "setup_dialog", None)
+        if current is not None and isValid(current) and current.isVisible():
+            current.raise_()
+            current.activateWindow()
+            return
         dialog = ModelSetupDialog(self.catalog, self.paths, self.window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.model_chosen.connect(self._on_model_chosen)
         self.window.setup_dialog = dialog  # type: ignore[attr-defined]  (tests reach it)
         dialog.open()

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The fake Hugging Face Hub's `hub` fixture, for the download and the model-dialog tests alike.
+from fakehub import hub  # noqa: F401
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"
 

@@ -111,6 +111,7 @@ class MainWindow(QMainWindow):
         self.token_counter = TokenCounter(services.runner.prompt_length)
         self._connect()
         self.queue_panel.set_paused(services.queue.paused)
+        self._models_listed = False
         self._save_form_timer = QTimer(self, singleShot=True, interval=1000)
         self._save_form_timer.timeout.connect(self.save_form)
         self.setMinimumSize(1080, 640)  # form ~330 + preview 300 + gallery ~430 px
@@ -284,17 +285,25 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ models and the form
 
     def _on_catalog_found(self, entries: list[ModelEntry], problems: list[str]) -> None:
+        first = not self._models_listed
+        self._models_listed = True
         current = self.prompt_panel.model_reference() or self.s.model_override
         current = current or self.s.settings.last_model
         self.prompt_panel.set_models([(e.label, e.reference) for e in entries], current)
+        if first and self.prompt_panel.model_reference():
+            # Only now: the model search and the engine's torch import both import many modules,
+            # and run together they stalled the GUI thread for ~200 ms (bench/gui_latency.py).
+            self.engine_label.setText("Starting the engine in the background…")
+            self.s.runner.preload(self.prompt_panel.model_reference())
         for problem in problems:
             self.s.notices.warning(problem)
 
     def _on_panel_model_changed(self, reference: str) -> None:
         if not reference:
             return
-        self.engine_label.setText(f"Loading {reference} in the background…")
-        self.s.runner.preload(reference)
+        if self.s.catalog.searched:  # else the first search result starts it (see below)
+            self.engine_label.setText(f"Loading {reference} in the background…")
+            self.s.runner.preload(reference)
         family = self.s.catalog.family_of(reference)
         if family is not None and family != getattr(self, "_family", family):
             self.prompt_panel.apply_defaults(defaults_for(family))

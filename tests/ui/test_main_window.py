@@ -265,3 +265,18 @@ def test_escape_cancels_the_running_job_and_failures_become_notices(
     assert "Traceback" not in window.notice_label.toolTip()
     text = window.controller.diagnostics()
     assert "sd3desk" in text and "PySide6" in text
+
+
+def test_models_dialog_opens_once_and_is_freed(open_window, qtbot, tmp_path):
+    from shiboken6 import isValid
+
+    window = open_window("--data-dir", str(tmp_path), "--model", "test")
+    window.setup_action.trigger()
+    first = window.setup_dialog
+    window.setup_action.trigger()  # a second request raises the open dialog
+    assert window.setup_dialog is first
+    first.reject()
+    qtbot.waitUntil(lambda: not isValid(first))
+    window.setup_action.trigger()
+    assert window.setup_dialog is not first and window.setup_dialog.isVisible()
+    window.setup_dialog.reject()

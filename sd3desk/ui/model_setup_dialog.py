@@ -1,0 +1,376 @@
+"""Getting a model: ones already on disk, a local file or folder, a Hugging Face download, or
+the tiny test model."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from sd3desk.errors import SD3DeskError
+from sd3desk.settings import AppPaths
+from sd3desk.ui.model_catalog import TEST_ENTRY, ModelCatalog, ModelEntry
+
+DEFAULT_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"  # as sd3desk.downloads
+ERROR_STYLE = "color: #d9534f;"
+
+
+class _Relay(QObject):
+    """Carries results from the download thread to the GUI thread (queued signals)."""
+
+    planned = Signal(object)
+    progressed = Signal(object, object, str)  # done, total (Python ints: may pass 2 GiB)
+    finished = Signal(object)
+    failed = Signal(str, str, bool)  # message, advice, cancelled
+
+
+class ModelSetupDialog(QDialog):
+    """Offers every way to get a model; `model_chosen` carries the reference to select.
+
+    The download runs on a Python thread through sd3desk.downloads; its reports come back
+    through queued signals, and Cancel sets an Event the download checks between chunks.
+    """
+
+    model_chosen = Signal(str)
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        paths: AppPaths,
+        parent: QWidget | None = None,
+        endpoint: str | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Models")
+        self.setObjectName("modelSetupDialog")
+        self.catalog = catalog
+        self.paths = paths
+        self.endpoint = endpoint  # None: huggingface_hub's own setting (HF_ENDPOINT)
+        self.cache_dir = cache_dir  # None: the standard Hugging Face cache
+        self._cancel: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._plan: Any = None
+        self._relay = _Relay()
+        self._relay.planned.connect(self._on_download_planned)
+        self._relay.progressed.connect(self._on_download_progressed)
+        self._relay.finished.connect(self._on_download_finished)
+        self._relay.failed.connect(self._on_download_failed)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._found_box())
+        layout.addWidget(self._local_box())
+        layout.addWidget(self._download_box())
+        layout.addWidget(self._test_box())
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        self.resize(720, 640)
+        catalog.found.connect(self._fill_found)
+        self._fill_found(catalog.all_entries(), [])
+        if not catalog.searched:
+            catalog.refresh()
+
+    # ------------------------------------------------------------------ 1. found on disk
+
+    def _found_box(self) -> QGroupBox:
+        box = QGroupBox("1. Models found on this computer")
+        self.found = QListWidget(objectName="foundModelsList", accessibleName="Models found")
+        self.found.setMaximumHeight(130)
+        self.found.itemDoubleClicked.connect(lambda _item: self._use_found())
+        use = QPushButton("Use this model", objectName="useFoundButton")
+        use.clicked.connect(self._use_found)
+        self.found_note = QLabel(wordWrap=True, objectName="foundNote")
+        column = QVBoxLayout(box)
+        column.addWidget(self.found)
+        row = QHBoxLayout()
+        row.addWidget(self.found_note, 1)
+        row.addWidget(use)
+        column.addLayout(row)
+        return box
+
+    def _fill_found(self, entries: list[ModelEntry], problems: list[str]) -> None:
+        self.found.clear()
+        real = [e for e in entries if e.reference != TEST_ENTRY.reference]
+        for entry in real:
+            item = QListWidgetItem(f"{entry.label}\n{entry.detail}")
+            item.setData(Qt.ItemDataRole.UserRole, entry.reference)
+            self.found.addItem(item)
+        if real:
+            self.found.setCurrentRow(0)
+            self.found_note.setText("From the Hugging Face cache and your model folders.")
+        else:
+            self.found_note.setText(
+                "None yet: nothing in the Hugging Face cache or your model folders "
+                "(Settings → Model folders)."
+            )
+        if problems:
+            self.found_note.setText(self.found_note.text() + " " + "; ".join(problems))
+
+    def _use_found(self) -> None:
+        item = self.found.currentItem()
+        if item is not None:
+            self._choose(item.data(Qt.ItemDataRole.UserRole))
+
+    # ------------------------------------------------------------------ 2. a local file or folder
+
+    def _local_box(self) -> QGroupBox:
+        box = QGroupBox("2. A model file or folder you already have")
+        pick_file = QPushButton("SD3 .safetensors file…", objectName="pickFileButton")
+        pick_file.clicked.connect(self._pick_file)
+        pick_folder = QPushButton("Diffusers folder…", objectName="pickFolderButton")
+        pick_folder.clicked.connect(self._pick_folder)
+        self.local_error = QLabel(wordWrap=True, objectName="localError")
+        self.local_error.setStyleSheet(ERROR_STYLE)
+        self.local_error.hide()
+        column = QVBoxLayout(box)
+        row = QHBoxLayout()
+        row.addWidget(pick_file)
+        row.addWidget(pick_folder)
+        row.addStretch(1)
+        column.addLayout(row)
+        column.addWidget(self.local_error)
+        return box
+
+    def _pick_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "An SD3 checkpoint", "", "safetensors (*.safetensors)"
+        )
+        if path:
+            self.use_local(path)
+
+    def _pick_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "A diffusers SD3 folder")
+        if path:
+            self.use_local(path)
+
+    def use_local(self, path: str) -> bool:
+        """Check `path` is an SD3 model (headers only, no weights read) and choose it."""
+        from sd3desk.inference.models import resolve_model
+
+        try:
+            source = resolve_model(path)
+        except SD3DeskError as exc:
+            self.local_error.setText(f"{exc.message}\n{exc.advice}".strip())
+            self.local_error.show()
+            return False
+        self.local_error.hide()
+        self._choose(source.reference)
+        return True
+
+    # ------------------------------------------------------------------ 3. download
+
+    def _download_box(self) -> QGroupBox:
+        box = QGroupBox("3. Download from Hugging Face")
+        self.repo = QLineEdit(DEFAULT_REPO, objectName="repoEdit", accessibleName="Repository")
+        self.token = QLineEdit(objectName="tokenEdit", accessibleName="Access token")
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setPlaceholderText("hf_… (needed for gated models such as SD3)")
+        self.with_t5 = QCheckBox("Include the T5 text encoder (~9.5 GB; better prompts)")
+        self.with_t5.setObjectName("withT5Check")
+        self.with_t5.setChecked(True)
+        self.licence = QLabel(objectName="licenceLink", openExternalLinks=True, wordWrap=True)
+        self.size_label = QLabel(objectName="downloadSize", wordWrap=True)
+        self.download_progress = QProgressBar(objectName="downloadProgress")
+        self.download_progress.setRange(0, 1000)
+        self.download_progress.hide()
+        self.download_error = QLabel(wordWrap=True, objectName="downloadError")
+        self.download_error.setStyleSheet(ERROR_STYLE)
+        self.download_error.hide()
+        self.check_button = QPushButton("Check size", objectName="checkDownloadButton")
+        self.check_button.clicked.connect(lambda: self.start_download(plan_only=True))
+        self.download_button = QPushButton("Download", objectName="downloadButton")
+        self.download_button.clicked.connect(lambda: self.start_download(plan_only=False))
+        self.cancel_download = QPushButton("Cancel", objectName="cancelDownloadButton")
+        self.cancel_download.setEnabled(False)
+        self.cancel_download.clicked.connect(self.cancel)
+        self.repo.textChanged.connect(self._update_licence)
+        self._update_licence()
+        grid = QGridLayout(box)
+        grid.addWidget(QLabel("Repository"), 0, 0)
+        grid.addWidget(self.repo, 0, 1)
+        grid.addWidget(QLabel("Token"), 1, 0)
+        grid.addWidget(self.token, 1, 1)
+        grid.addWidget(self.with_t5, 2, 1)
+        grid.addWidget(self.licence, 3, 1)
+        grid.addWidget(self.size_label, 4, 1)
+        grid.addWidget(self.download_progress, 5, 1)
+        grid.addWidget(self.download_error, 6, 1)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.check_button)
+        row.addWidget(self.download_button)
+        row.addWidget(self.cancel_download)
+        grid.addLayout(row, 7, 1)
+        return box
+
+    def _update_licence(self) -> None:
+        base = (self.endpoint or "https://huggingface.co").rstrip("/")
+        url = f"{base}/{self.repo.text().strip()}"
+        self.licence.setText(
+            f'Gated models need their licence accepted first: <a href="{url}">{url}</a>; '
+            f'create a read token at <a href="{base}/settings/tokens">{base}/settings/tokens</a>.'
+        )
+
+    def start_download(self, plan_only: bool = False) -> None:
+        """Plan (sizes, free disk, token check) and, unless `plan_only`, download; in a thread."""
+        if self.busy():
+            return
+        repo, token, with_t5 = self.repo.text().strip(), self.token.text().strip(), None
+        with_t5 = self.with_t5.isChecked()
+        self.download_error.hide()
+        self.size_label.setText("Asking Hugging Face for the file list…")
+        self._cancel = threading.Event()
+        self._set_busy(True)
+        self._thread = threading.Thread(
+            target=self._download_thread,
+            args=(repo, token or None, with_t5, plan_only, self._cancel),
+            name="sd3desk-download",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _download_thread(
+        self, repo: str, token: str | None, with_t5: bool, plan_only: bool, cancel
+    ) -> None:
+        from sd3desk import downloads
+
+        relay = self._relay
+        try:
+            plan = downloads.plan_download(
+                repo, token=token, with_t5=with_t5, cache_dir=self.cache_dir, endpoint=self.endpoint
+            )
+            relay.planned.emit(plan)
+            if plan_only or cancel.is_set():
+                relay.failed.emit("", "", True) if cancel.is_set() else relay.finished.emit(None)
+                return
+            folder = downloads.download(
+                plan,
+                token=token,
+                cache_dir=self.cache_dir,
+                endpoint=self.endpoint,
+                on_progress=lambda done, total, name: relay.progressed.emit(done, total, name),
+                cancel=cancel,
+            )
+            relay.finished.emit(repo if folder else None)
+        except downloads.DownloadCancelled as exc:
+            relay.failed.emit(exc.message, exc.advice, True)
+        except SD3DeskError as exc:
+            relay.failed.emit(exc.message, exc.advice, False)
+        except Exception as exc:  # never a traceback in the dialog; the log has details
+            import logging
+
+            logging.getLogger(__name__).exception("download failed")
+            relay.failed.emit(f"The download failed: {exc}", "details are in the log file", False)
+
+    def cancel(self) -> None:
+        if self._cancel is not None and self.busy():
+            self._cancel.set()
+            self.size_label.setText("Cancelling…")
+
+    def _set_busy(self, busy: bool) -> None:
+        for widget in (self.check_button, self.download_button, self.repo, self.token):
+            widget.setEnabled(not busy)
+        self.with_t5.setEnabled(not busy)
+        self.cancel_download.setEnabled(busy)
+
+    def _on_download_planned(self, plan: Any) -> None:
+        self._plan = plan
+        files = len(plan.files)
+        text = (
+            f"{files} files, {_gb(plan.total_bytes)} in all; {_gb(plan.needed_bytes)} to fetch "
+            f"({_gb(plan.already_bytes)} already here); {_gb(plan.free_bytes)} free on disk."
+        )
+        if not plan.fits:
+            text += " Not enough free space."
+        self.size_label.setText(text)
+
+    def _on_download_progressed(self, done: int, total: int, name: str) -> None:
+        self.download_progress.show()
+        self.download_progress.setValue(round(1000 * done / max(total, 1)))
+        self.download_progress.setFormat(f"{_gb(done)} of {_gb(total)} · {name}")
+
+    def _thread_ended(self) -> None:
+        """The thread's last report arrived: it is about to return; only now is it not busy."""
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._set_busy(False)
+
+    def _on_download_finished(self, repo: str | None) -> None:
+        self._thread_ended()
+        if repo is None:
+            return  # a size check only
+        self.download_progress.setValue(1000)
+        self.size_label.setText(f"{repo} is ready.")
+        self.catalog.refresh()
+        self._choose(repo)
+
+    def _on_download_failed(self, message: str, advice: str, cancelled: bool) -> None:
+        self._thread_ended()
+        self.download_progress.hide()
+        if cancelled:
+            self.size_label.setText(
+                "Download cancelled. Finished files are kept; Download again to go on."
+            )
+            return
+        self.size_label.clear()
+        self.download_error.setText(f"{message}\n{advice}".strip())
+        self.download_error.show()
+
+    def busy(self) -> bool:
+        return self._thread is not None
+
+    # ------------------------------------------------------------------ 4. the test model
+
+    def _test_box(self) -> QGroupBox:
+        box = QGroupBox("4. Just trying the app?")
+        button = QPushButton("Use the test model", objectName="useTestModelButton")
+        button.clicked.connect(lambda: self._choose(TEST_ENTRY.reference))
+        note = QLabel(
+            "A tiny model with random weights — it produces noise, not pictures, but runs every "
+            "part of the app in seconds, even on a CPU.",
+            wordWrap=True,
+        )
+        row = QHBoxLayout(box)
+        row.addWidget(note, 1)
+        row.addWidget(button)
+        return box
+
+    # ------------------------------------------------------------------ closing
+
+    def _choose(self, reference: str) -> None:
+        self.model_chosen.emit(reference)
+        self.accept()
+
+    def reject(self) -> None:
+        self.cancel()
+        super().reject()
+
+    def done(self, result: int) -> None:
+        if self._cancel is not None:
+            self._cancel.set()
+        super().done(result)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
