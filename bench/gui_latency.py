@@ -21,6 +21,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument(
+        "--window",
+        action="store_true",
+        help="measure the real main window (form, preview, queue panel, gallery) instead of a "
+        "bare runner; needs a display (xvfb-run) or QT_QPA_PLATFORM=offscreen",
+    )
     args = parser.parse_args()
     folder = str(model_dir("small"))  # built beforehand, in a child step, if missing
     assert "torch" not in sys.modules, "torch must not be imported before the run"
@@ -32,13 +38,46 @@ def main() -> None:
     from sd3desk.settings import Device
     from sd3desk.store import Store
 
-    app = QCoreApplication([])
     work = Path(tempfile.mkdtemp())
-    queue = JobQueue(Store(":memory:"))
-    for params in lighthouse_requests(folder, args.jobs, args.steps):
-        queue.enqueue(params)
-    config = WorkerConfig(out_dir=work / "out", cache_dir=work, device=Device.cpu)
-    runner = QueueRunner(queue, [Worker(0, config, default_engine_factory)])
+    requests = lighthouse_requests(folder, args.jobs, args.steps)
+    if args.window:
+        import json
+
+        from sd3desk.app import create_window
+        from sd3desk.jobs import JobState
+
+        (work / "settings.json").write_text(json.dumps({"device": "cpu"}))
+        window = create_window(["--data-dir", str(work), "--model", folder])
+        window.show()
+        app = QCoreApplication.instance()
+        runner = window.controller.runner
+        queue = window.controller.queue
+
+        def enqueue_all() -> None:  # through the form, as a user would
+            panel = window.prompt_panel
+            for params in requests:
+                panel.set_params(params)
+                window.generate()
+
+        done = [0]
+
+        def on_job(job) -> None:
+            if job.state is JobState.finished:
+                done[0] += 1
+                if done[0] == args.jobs:
+                    QTimer.singleShot(200, app.quit)
+
+        runner.job_changed.connect(on_job)
+        start_jobs = enqueue_all
+    else:
+        app = QCoreApplication([])
+        queue = JobQueue(Store(":memory:"))
+        for params in requests:
+            queue.enqueue(params)
+        config = WorkerConfig(out_dir=work / "out", cache_dir=work, device=Device.cpu)
+        runner = QueueRunner(queue, [Worker(0, config, default_engine_factory)])
+        runner.idle.connect(lambda: QTimer.singleShot(200, app.quit))
+        start_jobs = runner.start
     phase = ["idle"]
     lateness: dict[str, list[float]] = {}
     runner.engine_state_changed.connect(lambda s: phase.__setitem__(0, s.state))
@@ -54,14 +93,16 @@ def main() -> None:
         last[0] = now
 
     timer.timeout.connect(tick)
-    runner.idle.connect(lambda: QTimer.singleShot(200, app.quit))
     clock.start()
     timer.start(10)
-    QTimer.singleShot(300, runner.start)  # 300 ms of idle baseline first
+    QTimer.singleShot(300, start_jobs)  # 300 ms of idle baseline first (the window: its start)
     start = time.perf_counter()
     app.exec()
     runner.stop()
+    if args.window:
+        window.controller.shutdown()
     print(
+        f"{'main window' if args.window else 'bare runner'}: "
         f"{args.jobs} jobs, small random SD3, 256x256, {args.steps} steps, cpu; "
         f"{time.perf_counter() - start:.1f} s in all"
     )
