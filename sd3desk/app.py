@@ -12,12 +12,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QApplication
 
 from sd3desk import __version__
-from sd3desk.inference.worker import QueueRunner, Worker, WorkerConfig, default_engine_factory
 from sd3desk.jobs import JobQueue
 from sd3desk.outputs import sweep_stale_temp_files
 from sd3desk.settings import AppPaths, Settings, load_settings, save_settings
@@ -82,19 +82,14 @@ class Controller:
         self.store = Store(self.paths.database)
         self.queue = JobQueue(self.store)
         self.out_dir = Path(self.settings.output_dir or self.paths.outputs)
-        # 3. workers (idle threads until a job or a preload arrives) and the runner
-        workers = [
-            Worker(i, self._worker_config(i), default_engine_factory)
-            for i in range(self.settings.gpu_workers)
-        ]
-        self.runner = QueueRunner(self.queue, workers)
+        # 3. the model list (searched once the window shows) and the notices
+        self.runner: Any = None  # made in start(), with its workers
         self.catalog = ModelCatalog(self._model_dirs())
         self.notices = NoticeLog()
         self.services = Services(
             paths=self.paths,
             settings=self.settings,
             queue=self.queue,
-            runner=self.runner,
             catalog=self.catalog,
             notices=self.notices,
             diagnostics=self.diagnostics,
@@ -114,7 +109,9 @@ class Controller:
         self._started = False
         self._stopped = False
 
-    def _worker_config(self, index: int) -> WorkerConfig:
+    def _worker_config(self, index: int) -> Any:
+        from sd3desk.inference.worker import WorkerConfig
+
         s = self.settings
         return WorkerConfig(
             out_dir=self.out_dir,
@@ -138,7 +135,17 @@ class Controller:
         for text in self.store.notices:
             self.notices.warning(text)
         sweep_stale_temp_files(self.out_dir)
+        # 1. workers (idle threads until a job or a preload arrives) and the runner
+        from sd3desk.inference.worker import QueueRunner, Worker, default_engine_factory
+
+        workers = [
+            Worker(i, self._worker_config(i), default_engine_factory)
+            for i in range(self.settings.gpu_workers)
+        ]
+        self.runner = QueueRunner(self.queue, workers)
+        self.window.attach_runner(self.runner)
         self.runner.start()
+        # 2. the model search (it starts the engine when done), then the gallery
         self.catalog.refresh()
         self.window.attach_gallery(self._make_gallery())
 
@@ -156,7 +163,7 @@ class Controller:
 
     def shutdown(self) -> None:
         """Running jobs go back to the front of the queue; workers stop within a step."""
-        if self._stopped:
+        if self._stopped or self.runner is None:
             return
         self._stopped = True
         self.runner.halt()
@@ -175,7 +182,7 @@ class Controller:
             apply_theme(self.app, settings.theme)
         engine_fields = ("device", "memory_plan", "use_t5", "model_dirs")
         if any(getattr(old, f) != getattr(settings, f) for f in engine_fields):
-            for worker in self.runner.workers:
+            for worker in self.runner.workers if self.runner else ():
                 worker.reconfigure_requested.emit(self._worker_config(worker.index))
             self.catalog.model_dirs = self._model_dirs()
             self.catalog.refresh()
@@ -237,8 +244,35 @@ def create_window(argv: Sequence[str] | None = None) -> MainWindow:
     app.setApplicationVersion(__version__)
     app.setDesktopFileName("sd3desk")
     controller = Controller(args, app)
-    QTimer.singleShot(0, controller.start)
+    _start_when_exposed(controller)
     return controller.window
+
+
+class _FirstExpose(QObject):
+    """Starts the controller once the window is first on screen, so the first paint never
+    waits for the worker, the model search or the gallery; or after START_FALLBACK_MS when
+    the window is not shown at all."""
+
+    def __init__(self, controller: Controller) -> None:
+        super().__init__(controller.window)
+        self.controller = controller
+        self.handle = None
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Expose and watched.isExposed():
+            watched.removeEventFilter(self)
+            QTimer.singleShot(0, self.controller.start)
+        return False
+
+
+START_FALLBACK_MS = 500
+
+
+def _start_when_exposed(controller: Controller) -> None:
+    window = controller.window
+    window.winId()  # creates the native window, so its handle exists before show()
+    window.windowHandle().installEventFilter(_FirstExpose(controller))
+    QTimer.singleShot(START_FALLBACK_MS, controller.start)  # start() runs once only
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,14 +284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _exit_when_exposed(window: MainWindow) -> None:
-    """For bench/startup.py: print "exposed" and quit at once when the window first shows."""
-    from PySide6.QtCore import QEvent, QObject
+    """For bench/startup.py: print "exposed" when the window first shows, "painted" once that
+    first frame is drawn (the next turn of the event loop), then quit at once."""
 
     class Probe(QObject):
         def eventFilter(self, watched, event) -> bool:
             if event.type() == QEvent.Type.Expose and watched.isExposed():
+                watched.removeEventFilter(self)
                 print("exposed", flush=True)
-                os._exit(0)
+                QTimer.singleShot(0, lambda: (print("painted", flush=True), os._exit(0)))
             return False
 
     window._probe = Probe()  # type: ignore[attr-defined]

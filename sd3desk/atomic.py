@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -15,6 +14,8 @@ def _temp_beside(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
     """A temporary file in `path`'s folder (same file system, so renaming is atomic); removed
     unless the caller moved it away."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # here, not at the top: the window starts faster without it
+
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     os.chmod(fd, 0o644)  # mkstemp makes files private; images and settings are ordinary files

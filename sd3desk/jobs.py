@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import secrets
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -263,6 +262,8 @@ class JobQueue:
     ) -> list[Job]:
         if not 1 <= count <= 1000:
             raise ValueError("count must be between 1 and 1000")
+        import secrets  # here, not at the top: the window starts faster without it
+
         base = params.with_concrete_seed()
         assert base.seed is not None
         seeds = {

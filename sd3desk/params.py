@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import secrets
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -133,6 +132,8 @@ class GenerationParams:
         """Resolve a random seed to a real number so every saved image can be re-made."""
         if self.seed is not None:
             return self
+        import secrets  # here, not at the top: the window starts faster without it
+
         return self.replace(seed=secrets.randbelow(SEED_MAX + 1))
 
     def for_image(self, index: int) -> GenerationParams:

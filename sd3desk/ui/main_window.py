@@ -46,11 +46,11 @@ class Services:
     paths: AppPaths
     settings: Settings
     queue: JobQueue
-    runner: Any  # sd3desk.inference.worker.QueueRunner
     catalog: ModelCatalog
     notices: NoticeLog
     diagnostics: Any  # () -> str
     model_override: str = ""  # --model
+    runner: Any = None  # sd3desk.inference.worker.QueueRunner, from attach_runner()
 
 
 class MainWindow(QMainWindow):
@@ -108,7 +108,7 @@ class MainWindow(QMainWindow):
 
         # 3. menus, then signals
         self._make_menus()
-        self.token_counter = TokenCounter(services.runner.prompt_length)
+        self.token_counter = TokenCounter(self._count_tokens)
         self._connect()
         self.queue_panel.set_paused(services.queue.paused)
         self._models_listed = False
@@ -162,7 +162,7 @@ class MainWindow(QMainWindow):
         action(help_menu, "&About sd3desk", self.about)
 
     def _connect(self) -> None:
-        panel, runner = self.prompt_panel, self.s.runner
+        panel = self.prompt_panel
         panel.generate_requested.connect(self.generate)
         panel.cancel_requested.connect(self.cancel_running)
         panel.setup_requested.connect(self.setup_requested)
@@ -170,18 +170,27 @@ class MainWindow(QMainWindow):
         panel.form_changed.connect(lambda: self._save_form_timer.start())
         panel.model_changed.connect(self._on_panel_model_changed)
         self.token_counter.counted.connect(panel.set_token_counts)
+        self.queue_panel.duplicate_requested.connect(self._duplicate)
+        self.queue_panel.clear_finished_requested.connect(self._clear_finished)
+        self.queue_panel.settings_requested.connect(lambda job: panel.set_params(job.params))
+        self.s.notices.added.connect(self._on_notice_added)
+        self.s.catalog.found.connect(self._on_catalog_found)
+
+    def attach_runner(self, runner: Any) -> None:
+        """Connect the queue runner (made after the window shows: the worker module and its
+        threads are not needed for the first paint)."""
+        self.s.runner = runner
         runner.job_changed.connect(self._on_runner_job_changed)
         runner.step_progressed.connect(self._on_runner_step_progressed)
         runner.engine_state_changed.connect(self._on_runner_engine_state_changed)
         runner.job_failed.connect(self._on_runner_job_failed)
         self.queue_panel.cancel_requested.connect(runner.cancel)
-        self.queue_panel.duplicate_requested.connect(self._duplicate)
         self.queue_panel.pause_toggled.connect(runner.set_paused)
         self.queue_panel.stop_after_current_requested.connect(runner.stop_after_current)
-        self.queue_panel.clear_finished_requested.connect(self._clear_finished)
-        self.queue_panel.settings_requested.connect(lambda job: panel.set_params(job.params))
-        self.s.notices.added.connect(self._on_notice_added)
-        self.s.catalog.found.connect(self._on_catalog_found)
+
+    def _count_tokens(self, text: str, limit: int) -> Any:
+        runner = self.s.runner  # any thread: reading an attribute
+        return runner.prompt_length(text, limit) if runner is not None else None
 
     def attach_gallery(self, gallery_panel: Any) -> None:
         """Put the gallery in its dock. Built after the window shows: its imports and first
@@ -211,6 +220,8 @@ class MainWindow(QMainWindow):
         return self.enqueue(params)
 
     def enqueue(self, params: GenerationParams) -> Job | None:
+        if self.s.runner is None:  # only before the event loop first runs
+            return None
         try:
             job = self.s.runner.enqueue(params)
         except InvalidParamsError as exc:
