@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # README: e.g. make run TORCH="torch" TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
-ARGS ?= generate --model test --prompt "a lighthouse on a cliff at dusk" --seed 1
+ARGS ?=
 
 .PHONY: run test lint clean
 
