@@ -35,8 +35,30 @@ def main() -> None:
         window.grab().save(str(shots / f"{theme}-{name}.png"))
         print("saved", shots / f"{theme}-{name}.png", flush=True)
 
+    def on_step(event) -> None:
+        if event.step == 20 and not state["generating"]:
+            state["generating"] = True
+            shot("generating")
+
+    def on_job(job) -> None:
+        done = [j for j in window.controller.queue.jobs() if j.state is JobState.finished]
+        if len(done) == 4:
+            QTimer.singleShot(1500, finish)
+
     def queue_jobs() -> None:
         shot("empty")
+        window.controller.runner.step_progressed.connect(on_step)  # made once the window showed
+        window.controller.runner.job_changed.connect(on_job)
+        window.controller.open_model_setup()
+        dialog = window.setup_dialog
+        dialog.grab().save(str(shots / f"{theme}-models-dialog.png"))
+        dialog.reject()
+        from sd3desk.ui.settings_dialog import SettingsDialog
+
+        settings = SettingsDialog(window.controller.settings, "~/Pictures/sd3desk", window)
+        settings.show()
+        settings.grab().save(str(shots / f"{theme}-settings-dialog.png"))
+        settings.reject()
         panel.prompt.setPlainText(
             "a lighthouse on a rocky coast at dusk, warm light in the windows, long exposure"
         )
@@ -48,23 +70,11 @@ def main() -> None:
         for _ in range(3):
             window.generate()
 
-    def on_step(event) -> None:
-        if event.step == 20 and not state["generating"]:
-            state["generating"] = True
-            shot("generating")
-
-    def on_job(job) -> None:
-        done = [j for j in window.controller.queue.jobs() if j.state is JobState.finished]
-        if len(done) == 4:
-            QTimer.singleShot(1500, finish)
-
     def finish() -> None:
         shot("results")
         window.resize(window.minimumSize())
         QTimer.singleShot(800, lambda: (shot("minimum"), app.quit()))
 
-    window.controller.runner.step_progressed.connect(on_step)
-    window.controller.runner.job_changed.connect(on_job)
     QTimer.singleShot(1500, queue_jobs)
     app.exec()
     window.controller.shutdown()

@@ -85,7 +85,7 @@ class SettingsDialog(QDialog):
         out_row = QHBoxLayout()
         out_row.addWidget(self.output, 1)
         out_row.addWidget(browse)
-        form.addRow("&Output folder", out_row)
+        form.addRow(QLabel("&Output folder", buddy=self.output), out_row)
         form.addRow("&Device", self.device)
         form.addRow("&Memory plan", self.plan)
         form.addRow("", self.use_t5)
@@ -97,11 +97,11 @@ class SettingsDialog(QDialog):
         dir_buttons.addWidget(remove_dir)
         dir_buttons.addStretch(1)
         dirs_row.addLayout(dir_buttons)
-        form.addRow("Model &folders", dirs_row)
+        form.addRow(QLabel("Model &folders", buddy=self.model_dirs), dirs_row)
         form.addRow("&GPU workers", self.workers)
         note = QLabel(
-            "Device, memory plan and T5 apply from the next model load; the number of GPU "
-            "workers from the next start.",
+            "Device, memory plan and T5 apply from the next model load; the output folder and "
+            "the number of GPU workers from the next start.",
             wordWrap=True,
         )
         buttons = QDialogButtonBox(
