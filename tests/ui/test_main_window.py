@@ -280,3 +280,26 @@ def test_models_dialog_opens_once_and_is_freed(open_window, qtbot, tmp_path):
     window.setup_action.trigger()
     assert window.setup_dialog is not first and window.setup_dialog.isVisible()
     window.setup_dialog.reject()
+
+
+def test_dropping_an_a1111_image_fills_the_form_and_keeps_the_model(open_window, tmp_path):
+    from PIL import PngImagePlugin
+
+    window = open_window("--data-dir", str(tmp_path / "data"), "--model", "test")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(
+        "parameters",
+        "a castle\nNegative prompt: fog\nSteps: 20, Sampler: DPM++ 2M, CFG scale: 6, Seed: 7, "
+        "Size: 832x1216, Model: sd3_medium",
+    )
+    forge = tmp_path / "forge.png"
+    Image.new("RGB", (8, 8)).save(forge, pnginfo=info)
+    window.gallery_panel.import_file(str(forge))  # what a drop on the gallery does
+    panel = window.prompt_panel
+    assert panel.prompt.toPlainText() == "a castle"
+    assert panel.negative.toPlainText() == "fog"
+    assert (panel.steps.value(), panel.guidance.value(), int(panel.seed.value())) == (20, 6.0, 7)
+    assert (panel.width_spin.value(), panel.height_spin.value()) == (832, 1216)
+    assert not panel.random_seed.isChecked()
+    assert panel.model_reference() == "test"  # another tool's model name is not a model here
+    assert any("Sampler: DPM++ 2M" in n.message for n in window.controller.notices.notices)
