@@ -114,6 +114,13 @@ class MainWindow(QMainWindow):
         self._models_listed = False
         self._save_form_timer = QTimer(self, singleShot=True, interval=1000)
         self._save_form_timer.timeout.connect(self.save_form)
+        # The layout is saved a moment after it changes, not only on close: it survives a crash.
+        self._save_layout_timer = QTimer(self, singleShot=True, interval=2000)
+        self._save_layout_timer.timeout.connect(self.save_layout)
+        for dock in (self.gallery_dock, self.queue_dock):
+            dock.dockLocationChanged.connect(lambda *_: self._save_layout_timer.start())
+            dock.topLevelChanged.connect(lambda *_: self._save_layout_timer.start())
+            dock.visibilityChanged.connect(lambda *_: self._save_layout_timer.start())
         self.setMinimumSize(1080, 640)  # form ~330 + preview 300 + gallery ~430 px
         self.resize(1280, 800)
 
@@ -368,6 +375,16 @@ class MainWindow(QMainWindow):
         store.setValue("geometry", self.saveGeometry())
         store.setValue("state", self.saveState(LAYOUT_VERSION))
         store.sync()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        if hasattr(self, "_save_layout_timer"):
+            self._save_layout_timer.start()
+
+    def moveEvent(self, event) -> None:
+        super().moveEvent(event)
+        if hasattr(self, "_save_layout_timer"):
+            self._save_layout_timer.start()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_form()

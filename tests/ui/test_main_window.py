@@ -303,3 +303,13 @@ def test_dropping_an_a1111_image_fills_the_form_and_keeps_the_model(open_window,
     assert not panel.random_seed.isChecked()
     assert panel.model_reference() == "test"  # another tool's model name is not a model here
     assert any("Sampler: DPM++ 2M" in n.message for n in window.controller.notices.notices)
+
+
+def test_layout_is_saved_without_closing(open_window, qtbot, tmp_path):
+    window = open_window("--data-dir", str(tmp_path), "--model", "test")
+    window.queue_dock.hide()
+    ini = tmp_path / "window.ini"
+    qtbot.waitUntil(lambda: ini.exists(), timeout=5_000)
+    window.controller.shutdown()
+    again = open_window("--data-dir", str(tmp_path))
+    assert not again.queue_dock.isVisible() and again.gallery_dock.isVisible()
