@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, help="keep settings, cache and outputs under DIR")
     parser.add_argument("--model", default="", help="model to select: PATH, REPO_ID or 'test'")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    parser.add_argument(
+        "--self-test",
+        nargs="?",
+        const="auto",
+        metavar="DEVICE",
+        help="check this install (see 'sd3desk-cli self-test') instead of opening the window",
+    )
+    parser.add_argument("--report", type=Path, help="with --self-test: write the JSON here too")
     return parser
 
 
@@ -128,7 +136,7 @@ class Controller:
 
     def start(self) -> None:
         """The background work, once the window is on screen."""
-        if self._started:
+        if self._started or self._stopped:
             return
         self._started = True
         setup_logging(self.paths, self._verbose)
@@ -163,9 +171,11 @@ class Controller:
 
     def shutdown(self) -> None:
         """Running jobs go back to the front of the queue; workers stop within a step."""
-        if self._stopped or self.runner is None:
+        if self._stopped:
             return
         self._stopped = True
+        if self.runner is None:  # never started
+            return
         self.runner.halt()
         self.runner.stop()
 
@@ -276,6 +286,11 @@ def _start_when_exposed(controller: Controller) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    if args.self_test:
+        from sd3desk.selftest import main as self_test
+
+        return self_test(args.self_test, args.report)
     window = create_window(argv)
     window.show()
     if os.environ.get("SD3DESK_STARTUP_PROBE"):

@@ -96,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-dir", type=Path, action="append", default=[], help="also look in DIR (repeatable)"
     )
 
+    test = commands.add_parser(
+        "self-test",
+        help="check this install offline with the tiny test model (no weights, no GPU needed); "
+        "prints a JSON report, exit 0 when every check passed",
+    )
+    test.add_argument(
+        "--device",
+        choices=[d.value for d in Device],
+        default="auto",
+        help="run the tiny model on this device (cuda/mps check the GPU libraries)",
+    )
+    test.add_argument("--report", type=Path, help="also write the JSON report to FILE")
+
     make = commands.add_parser(
         "make-test-model",
         help="write the tiny random test model "
@@ -169,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "queue": _queue,
         "models": _models,
         "make-test-model": _make_test_model,
+        "self-test": _self_test,
     }
     try:
         return handlers[args.command](args, paths)
@@ -269,6 +283,12 @@ def _report(outcome: Any) -> int:
     if outcome.interrupted:
         print("interrupted; no partial files were written", file=sys.stderr)
     return int(outcome.exit_code())
+
+
+def _self_test(args: argparse.Namespace, paths: AppPaths) -> int:
+    from sd3desk.selftest import main as self_test
+
+    return self_test(args.device, args.report)
 
 
 def _generate(args: argparse.Namespace, paths: AppPaths) -> int:
