@@ -140,21 +140,10 @@ def _build_window(data_dir: Path) -> None:
 
 
 def _device(wanted: Any) -> dict[str, Any]:
-    from sd3desk.inference.devices import import_ml_stack, pick_device
+    from sd3desk.inference.devices import backend_report, import_ml_stack
 
     import_ml_stack()
-    import torch
-
-    info = pick_device(wanted)
-    return {
-        "kind": info.kind,
-        "name": info.name,
-        "dtype": info.dtype,
-        "cuda_available": torch.cuda.is_available(),
-        "mps_available": bool(getattr(torch.backends, "mps", None))
-        and torch.backends.mps.is_available(),
-        "torch_cuda": torch.version.cuda or "",
-    }
+    return backend_report(wanted)
 
 
 def _write_models(folder: Path) -> tuple[Path, Path]:

@@ -192,6 +192,22 @@ def pick_device(requested: Device = Device.auto, index: int = 0) -> DeviceInfo:
     return DeviceInfo("cpu", 0, "CPU", "float32")
 
 
+def backend_report(requested: Device = Device.auto) -> dict[str, Any]:
+    """The device `requested` resolves to and what torch can see, for `sd3desk self-test`."""
+    import torch
+
+    info = pick_device(requested)
+    mps = getattr(torch.backends, "mps", None)
+    return {
+        "kind": info.kind,
+        "name": info.name,
+        "dtype": info.dtype,
+        "cuda_available": torch.cuda.is_available(),
+        "mps_available": bool(mps is not None and mps.is_available()),
+        "torch_cuda": torch.version.cuda or "",
+    }
+
+
 def resolve_plan(
     plan: MemoryPlan, device: DeviceInfo, component_bytes: dict[str, int], has_t5: bool = True
 ) -> ResolvedPlan:
