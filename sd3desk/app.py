@@ -253,6 +253,7 @@ def create_window(argv: Sequence[str] | None = None) -> MainWindow:
     app.setApplicationName("sd3desk")
     app.setApplicationVersion(__version__)
     app.setDesktopFileName("sd3desk")
+    app.setWindowIcon(_app_icon())
     controller = Controller(args, app)
     _start_when_exposed(controller)
     return controller.window
@@ -283,6 +284,16 @@ def _start_when_exposed(controller: Controller) -> None:
     window.winId()  # creates the native window, so its handle exists before show()
     window.windowHandle().installEventFilter(_FirstExpose(controller))
     QTimer.singleShot(START_FALLBACK_MS, controller.start)  # start() runs once only
+
+
+def _app_icon():
+    from PySide6.QtGui import QIcon
+
+    icon = QIcon()
+    folder = Path(__file__).parent / "resources" / "icons"
+    for size in (16, 24, 32, 48, 64, 128, 256):
+        icon.addFile(str(folder / f"sd3desk-{size}.png"))
+    return icon
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,8 @@ and reports versions, the device found and timings as JSON. Frozen bundles run i
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import platform
@@ -23,14 +25,15 @@ from typing import Any
 
 from sd3desk import __version__
 
-# (label, distribution names to try): PySide6 is usually installed as PySide6-Essentials.
+# (label, distribution names to try, module): PySide6 is usually installed as
+# PySide6-Essentials; a frozen bundle may lack a distribution's metadata, then the module tells.
 PACKAGES = (
-    ("torch", ("torch",)),
-    ("diffusers", ("diffusers",)),
-    ("transformers", ("transformers",)),
-    ("huggingface_hub", ("huggingface_hub",)),
-    ("PySide6", ("PySide6-Essentials", "PySide6")),
-    ("Pillow", ("Pillow", "pillow")),
+    ("torch", ("torch",), "torch"),
+    ("diffusers", ("diffusers",), "diffusers"),
+    ("transformers", ("transformers",), "transformers"),
+    ("huggingface_hub", ("huggingface_hub",), "huggingface_hub"),
+    ("PySide6", ("PySide6-Essentials", "PySide6"), "PySide6"),
+    ("Pillow", ("Pillow", "pillow"), "PIL"),
 )
 PROMPT = "sd3desk self-test: a lighthouse at dusk"
 
@@ -68,7 +71,7 @@ class _Stop(Exception):
 
 def versions() -> dict[str, str]:
     found = {"sd3desk": __version__, "python": platform.python_version()}
-    for label, names in PACKAGES:
+    for label, names, module in PACKAGES:
         found[label] = "missing"
         for name in names:
             try:
@@ -76,6 +79,9 @@ def versions() -> dict[str, str]:
                 break
             except metadata.PackageNotFoundError:
                 continue
+        else:
+            with contextlib.suppress(ImportError, AttributeError):
+                found[label] = str(importlib.import_module(module).__version__)
     return found
 
 
