@@ -92,6 +92,8 @@ def control_text(version: str, installed_kib: int, arch: str | None = None) -> s
         "Maintainer: sd3desk developers <sd3desk@users.noreply.github.com>\n"
         f"Installed-Size: {installed_kib}\n"
         f"Depends: {', '.join(DEPENDS)}\n"
+        # Qt's GTK platform theme (native dialogs and colours on GNOME); Qt skips it without.
+        "Recommends: libgtk-3-0t64 | libgtk-3-0\n"
         "Homepage: https://github.com/sd3desk/sd3desk\n"
         "Description: generate images with Stable Diffusion 3 on your own computer\n"
         " A desktop app for SD3 Medium and SD3.5 with a persistent job queue, live\n"

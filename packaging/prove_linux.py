@@ -37,13 +37,14 @@ def build_env(requirements: Path) -> Path:
     python = venv / "bin" / "python"
     stamp = venv / ".requirements"
     wanted = requirements.read_text() + (ROOT / "pyproject.toml").read_text()
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     if not (python.exists() and stamp.exists() and stamp.read_text() == wanted):
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*pip, "-r", str(requirements)], check=True)
-        subprocess.run([*pip, "--no-deps", "--force-reinstall", str(ROOT)], check=True)
         stamp.write_text(wanted)
+    # sd3desk itself every time (seconds): the bundle must carry the code as it is now
+    subprocess.run([*pip, "--no-deps", "--force-reinstall", str(ROOT)], check=True)
     return python
 
 
@@ -75,7 +76,7 @@ app.wait(timeout=30)
 """
 
 
-def screenshot(root: Path, home: Path, target: Path) -> None:
+def screenshot(python: Path, root: Path, home: Path, target: Path) -> None:
     """The frozen window under Xvfb (xvfb-run), grabbed from the virtual screen."""
     if shutil.which("xvfb-run") is None:
         print("xvfb-run not found: no screenshot (apt-get install xvfb)")
@@ -88,7 +89,7 @@ def screenshot(root: Path, home: Path, target: Path) -> None:
             "-a",
             "-s",
             "-screen 0 1280x800x24",
-            sys.executable,
+            str(python),  # the build environment's: it has Pillow
             "-c",
             SHOOT,
             str(root / "opt/sd3desk/sd3desk"),
@@ -111,9 +112,9 @@ def main() -> int:
     parser.add_argument("--skip-build", action="store_true", help="reuse packaging/dist")
     args = parser.parse_args()
     start = time.perf_counter()
+    step(f"build environment from {args.requirements.name}")
+    python = build_env(args.requirements.resolve())
     if not args.skip_build:
-        step(f"build environment from {args.requirements.name}")
-        python = build_env(args.requirements.resolve())
         step("bundle, size manifest, .tar.gz and .deb")
         shutil.rmtree(DIST, ignore_errors=True)
         subprocess.run([str(python), str(PACKAGING / "build.py")], check=True, cwd=ROOT)
@@ -134,7 +135,7 @@ def main() -> int:
         for s in report.get("steps", []):
             print(f"  {s['step']:<11} {'ok' if s['ok'] else 'FAILED'} {s['seconds']:7.2f} s")
         step("the frozen window under Xvfb")
-        screenshot(root, home, proof / "window.png")
+        screenshot(python, root, home, proof / "window.png")
     print(f"\nbuild {built:.0f} s, proof {time.perf_counter() - start - built:.0f} s")
     for artifact in sorted((DIST / "installer").iterdir()):
         print(f"  {artifact.name}: {artifact.stat().st_size / 1e6:.0f} MB")

@@ -36,14 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, help="keep settings, cache and outputs under DIR")
     parser.add_argument("--model", default="", help="model to select: PATH, REPO_ID or 'test'")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
-    parser.add_argument(
-        "--self-test",
-        nargs="?",
-        const="auto",
-        metavar="DEVICE",
-        help="check this install (see 'sd3desk-cli self-test') instead of opening the window",
-    )
-    parser.add_argument("--report", type=Path, help="with --self-test: write the JSON here too")
     return parser
 
 
@@ -297,11 +289,6 @@ def _app_icon():
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
-    if args.self_test:
-        from sd3desk.selftest import main as self_test
-
-        return self_test(args.self_test, args.report)
     window = create_window(argv)
     window.show()
     if os.environ.get("SD3DESK_STARTUP_PROBE"):

@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="(window) model to select: PATH, REPO_ID or 'test'",
     )
+    parser.add_argument(
+        "--self-test",
+        nargs="?",
+        const="auto",
+        choices=[d.value for d in Device],
+        metavar="DEVICE",
+        help="the same as the self-test command (for the windowed executable); "
+        "--report FILE saves the JSON",
+    )
+    parser.add_argument("--report", type=Path, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     gen = commands.add_parser("generate", help="make images from a prompt and save them as PNG")
@@ -165,6 +175,10 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.self_test and args.command is None:
+        from sd3desk.selftest import main as self_test
+
+        return self_test(args.self_test, args.report)
     if args.command is None:  # the window; it sets up its own log file
         from sd3desk.app import main as run_window
 

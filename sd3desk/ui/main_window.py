@@ -286,7 +286,10 @@ class MainWindow(QMainWindow):
         if state.state == "loading" and state.stages:
             text = f"{state.text.rstrip('…')} ({state.stage}/{state.stages})…"
         self.engine_label.setText(text)
-        self.generation.set_waiting(text)
+        if state.state in ("starting", "loading"):
+            self.generation.set_waiting(text)
+        elif state.state == "ready":
+            self.generation.set_waiting("Ready")  # the details are in the status bar
         if state.state == "ready":
             for notice in state.notices:
                 self.s.notices.info(notice)

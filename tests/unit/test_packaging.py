@@ -3,6 +3,7 @@ the Inno Setup script. The bundle itself is proven by `make package` (packaging/
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -17,8 +18,9 @@ PACKAGING = ROOT / "packaging"
 sys.path.insert(0, str(PACKAGING))
 
 import linux_package  # noqa: E402
-from build import size_manifest  # noqa: E402
 from prune import EXCLUDED_MODULES, keep  # noqa: E402
+
+from build import size_manifest  # noqa: E402
 
 
 class _Recorder:
@@ -30,41 +32,51 @@ class _Recorder:
     def make(self, kind: str):
         def build(*args, **kwargs):
             self.calls.append((kind, args, kwargs))
-            scripts = [
-                ("pyi_rth_inspect", "rth.py", "PYSOURCE"),
-                ("entry_gui", "entry_gui.py", "PYSOURCE"),
-                ("entry_cli", "entry_cli.py", "PYSOURCE"),
-            ]
-            return SimpleNamespace(
-                kind=kind,
-                args=args,
-                kwargs=kwargs,
-                scripts=scripts,
-                datas=[],
-                binaries=[],
-                pure=[],
-            )
+            scripts = [("pyi_rth_inspect", "rth.py", "PYSOURCE"), ("entry", "entry.py", "PYSOURCE")]
+            return SimpleNamespace(scripts=scripts, datas=[], binaries=[], pure=[])
 
         return build
 
 
-def test_spec_builds_a_windowed_and_a_console_executable_in_one_bundle():
+def _run_spec(dist: Path) -> _Recorder:
     recorder = _Recorder()
     names = {k: recorder.make(k) for k in ("Analysis", "PYZ", "EXE", "COLLECT", "BUNDLE")}
     source = (PACKAGING / "sd3desk.spec").read_text()
-    exec(compile(source, "sd3desk.spec", "exec"), {**names, "SPECPATH": str(PACKAGING)})
+    (dist / "sd3desk").mkdir(parents=True, exist_ok=True)
+    spec_globals = {**names, "SPECPATH": str(PACKAGING), "DISTPATH": str(dist)}
+    exec(compile(source, "sd3desk.spec", "exec"), spec_globals)
+    return recorder
+
+
+def test_spec_builds_one_bundle_with_the_window_and_the_cli(tmp_path):
+    recorder = _run_spec(tmp_path)
     analysis = next(c for c in recorder.calls if c[0] == "Analysis")
+    assert analysis[1][0] == [str(PACKAGING / "entry.py")]
     assert analysis[2]["hookspath"] == [str(PACKAGING / "hooks")]
     assert analysis[2]["excludes"] == EXCLUDED_MODULES
-    exes = {c[2]["name"]: c for c in recorder.calls if c[0] == "EXE"}
-    assert exes["sd3desk"][2]["console"] is False
-    assert exes["sd3desk-cli"][2]["console"] is True
-    gui_scripts = [s[0] for s in exes["sd3desk"][1][1]]
-    cli_scripts = [s[0] for s in exes["sd3desk-cli"][1][1]]
-    assert gui_scripts == ["pyi_rth_inspect", "entry_gui"]  # runtime hooks + its own entry
-    assert cli_scripts == ["pyi_rth_inspect", "entry_cli"]
+    exes = [c for c in recorder.calls if c[0] == "EXE"]
+    assert [e[2]["name"] for e in exes] == ["sd3desk"]  # not Windows: one executable...
+    link = tmp_path / "sd3desk" / "sd3desk-cli"
+    assert link.is_symlink() and os.readlink(link) == "sd3desk"  # ...and the CLI beside it
     collect = next(c for c in recorder.calls if c[0] == "COLLECT")
-    assert collect[2]["name"] == "sd3desk" and len(collect[1]) == 4
+    assert collect[2]["name"] == "sd3desk"
+
+
+def test_spec_on_windows_builds_a_windowed_and_a_console_executable(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "win32")
+    recorder = _run_spec(tmp_path)
+    exes = {c[2]["name"]: c[2] for c in recorder.calls if c[0] == "EXE"}
+    assert exes["sd3desk"]["console"] is False and exes["sd3desk-cli"]["console"] is True
+    assert exes["sd3desk"]["icon"].endswith("sd3desk.ico")
+    assert not (tmp_path / "sd3desk" / "sd3desk-cli").exists()
+
+
+def test_entry_point_opens_the_window_or_runs_a_command():
+    assert "from sd3desk.cli import main" in (PACKAGING / "entry.py").read_text()
+    from sd3desk.cli import build_parser
+
+    args = build_parser().parse_args(["--self-test", "cuda", "--report", "r.json"])
+    assert (args.command, args.self_test, str(args.report)) == (None, "cuda", "r.json")
 
 
 def test_diffusers_hook_carries_the_metadata_its_import_checks():
@@ -199,3 +211,19 @@ def test_size_manifest_sums_packages_and_lists_the_largest(tmp_path):
     assert manifest["total_bytes"] == 8100 and manifest["files"] == 3
     assert list(manifest["by_package"].items())[:2] == [("torch", 5000), ("PySide6", 3000)]
     assert next(iter(manifest["largest_files"])) == "_internal/torch/lib/libtorch_cpu.so"
+
+
+def test_workflow_builds_every_os_and_runs_the_local_linux_proof():
+    yaml = pytest.importorskip("yaml")
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "package.yml").read_text())
+    job = workflow["jobs"]["package"]
+    targets = {entry["target"] for entry in job["strategy"]["matrix"]["include"]}
+    assert targets == {"linux-cpu", "linux-cuda", "windows-cuda", "macos-arm64"}
+    for target in targets:
+        assert (PACKAGING / "requirements" / f"{target}.txt").exists(), target
+    runs = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "python packaging/prove_linux.py" in runs  # what `make package` runs
+    # each OS: the bundle, then the installed app (Linux: the bundle inside prove_linux.py)
+    assert runs.count("self-test") >= 5
+    assert "/VERYSILENT" in runs and "hdiutil attach" in runs and "apt-get install -y ./" in runs
+    assert "package" in (ROOT / "Makefile").read_text()
