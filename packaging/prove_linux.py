@@ -1,7 +1,7 @@
 """The local proof of the Linux packaging (`make package`; CI's Linux job runs the same):
 
 1. a build environment from packaging/requirements/<target>.txt (the CPU torch by default),
-2. the PyInstaller bundle, its size manifest, the .tar.gz and the .deb (packaging/build.py),
+2. the PyInstaller bundle, its size manifest, the .tar.gz and the .deb (packaging/build_bundle.py),
 3. the .deb extracted into a temporary root and `sd3desk-cli self-test` run there with a clean
    environment (`env -i`, offscreen Qt, Hugging Face offline, an empty home),
 4. the frozen window started under Xvfb and a screenshot saved, to look at.
@@ -117,7 +117,7 @@ def main() -> int:
     if not args.skip_build:
         step("bundle, size manifest, .tar.gz and .deb")
         shutil.rmtree(DIST, ignore_errors=True)
-        subprocess.run([str(python), str(PACKAGING / "build.py")], check=True, cwd=ROOT)
+        subprocess.run([str(python), str(PACKAGING / "build_bundle.py")], check=True, cwd=ROOT)
     built = time.perf_counter() - start
     debs = sorted((DIST / "installer").glob("sd3desk_*.deb"))
     if not debs:

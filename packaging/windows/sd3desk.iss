@@ -3,7 +3,7 @@
 ; several GB, so the setup is split into pieces under 2 GiB each (DiskSpanning): setup.exe plus
 ; setup-1.bin, setup-2.bin, ... which must stay side by side.
 ;
-; Compile (packaging/build.py does this on Windows):
+; Compile (packaging/build_bundle.py does this on Windows):
 ;   iscc /DAppVersion=0.1.0 /DBundleDir=packaging\dist\sd3desk /DOutputDir=packaging\dist\installer packaging\windows\sd3desk.iss
 ; Silent install (CI's check):  sd3desk-0.1.0-setup.exe /VERYSILENT /SUPPRESSMSGBOXES /NORESTART /CURRENTUSER
 ;

@@ -18,9 +18,8 @@ PACKAGING = ROOT / "packaging"
 sys.path.insert(0, str(PACKAGING))
 
 import linux_package  # noqa: E402
+from build_bundle import size_manifest  # noqa: E402
 from prune import EXCLUDED_MODULES, keep  # noqa: E402
-
-from build import size_manifest  # noqa: E402
 
 
 class _Recorder:

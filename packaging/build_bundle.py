@@ -1,7 +1,7 @@
 """Build the sd3desk bundle with PyInstaller, write its size manifest, then this OS's installers:
 Linux .deb and .tar.gz, Windows Inno Setup installer (when `iscc` is on PATH), macOS .dmg.
 
-python packaging/build.py [--dist DIR] [--work DIR] [--skip-bundle]
+python packaging/build_bundle.py [--dist DIR] [--work DIR] [--skip-bundle]
 
 Run it with the Python of a build environment made from packaging/requirements/<target>.txt.
 """
