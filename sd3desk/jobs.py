@@ -403,12 +403,18 @@ class JobQueue:
             return None
         return self.etas(running_progress).get(job_id)
 
-    def etas(self, running_progress: dict[int, int] | None = None) -> dict[int, Eta]:
-        """The ETA of every running and waiting job, in one pass (for the queue panel)."""
+    def etas(
+        self,
+        running_progress: dict[int, int] | None = None,
+        live_rates: dict[str, float] | None = None,
+    ) -> dict[int, Eta]:
+        """The ETA of every running and waiting job, in one pass (for the queue panel).
+        `live_rates` (seconds per step per image by `timing_key`, measured on the running job)
+        take precedence over the stored timings: they are this run's, on this device."""
         running_progress = running_progress or {}
         out: dict[int, Eta] = {}
         total, estimated = 0.0, False
-        rates: dict[str, tuple[float, bool]] = {}
+        rates = {key: (rate, False) for key, rate in (live_rates or {}).items()}
         for job in [*self.running(), *self.queued()]:
             key = timing_key(job.params)
             if key not in rates:

@@ -23,13 +23,14 @@ from sd3desk.errors import (
     OutOfMemoryError,
     SD3DeskError,
 )
-from sd3desk.jobs import DONE, Job, JobQueue, JobState
+from sd3desk.jobs import DONE, Job, JobQueue, JobState, timing_key
 from sd3desk.settings import Device, MemoryPlan
 
 if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger(__name__)
+LIVE_RATE_AFTER_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,7 @@ class QueueRunner(QObject):
         self._stop_after_current = False
         self._halted = False
         self._requeue: set[int] = set()
+        self._live_rates: dict[str, float] = {}  # timing_key -> s/step/image, this session
         for worker in workers:
             worker.job_started.connect(self._on_worker_job_started)
             worker.step_progressed.connect(self._on_worker_step_progressed)
@@ -379,11 +381,16 @@ class QueueRunner(QObject):
     def running_progress(self) -> dict[int, int]:
         return dict(self._progress)
 
+    @property
+    def live_rates(self) -> dict[str, float]:
+        """Seconds per step per image measured on running jobs this session, by timing key."""
+        return dict(self._live_rates)
+
     def progress(self, job_id: int) -> int:
         return self._progress.get(job_id, 0)
 
     def eta(self, job_id: int) -> Any:
-        return self.queue.eta(job_id, dict(self._progress))
+        return self.queue.etas(dict(self._progress), self.live_rates).get(job_id)
 
     def dispatch(self) -> None:
         """Give each idle worker the next waiting job."""
@@ -418,6 +425,11 @@ class QueueRunner(QObject):
     @Slot(object)
     def _on_worker_step_progressed(self, event: StepProgress) -> None:
         self._progress[event.job_id] = event.step
+        if event.step >= LIVE_RATE_AFTER_STEPS:  # the first step carries warm-up work
+            params = self.queue.get(event.job_id).params
+            self._live_rates[timing_key(params)] = (
+                event.elapsed_s / event.step / max(params.batch_size, 1)
+            )
         self.step_progressed.emit(event)
 
     @Slot(object)

@@ -37,6 +37,10 @@ class GenerationView(QWidget):
         self.viewer = ImageViewer()
         self.viewer.setObjectName("previewView")
         self.viewer.setAccessibleName("Preview")
+        self.viewer.set_placeholder(
+            "Type a prompt and press Generate (Ctrl+Enter).\n"
+            "The preview and then the finished image appear here."
+        )
         row = QHBoxLayout()
         row.addWidget(self.progress, 1)
         row.addWidget(self.job_label)

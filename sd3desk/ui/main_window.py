@@ -246,11 +246,11 @@ class MainWindow(QMainWindow):
     def _duplicate(self, job_id: int) -> None:
         self.s.queue.duplicate(job_id)
         self.s.runner.dispatch()
-        self.queue_model.refresh(self.s.runner.running_progress)
+        self.queue_model.refresh(self.s.runner.running_progress, self.s.runner.live_rates)
 
     def _clear_finished(self) -> None:
         self.s.queue.clear_finished()
-        self.queue_model.refresh(self.s.runner.running_progress)
+        self.queue_model.refresh(self.s.runner.running_progress, self.s.runner.live_rates)
 
     def _max_side(self, reference: str) -> int | None:
         family = self.s.catalog.family_of(reference)
@@ -259,7 +259,7 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ runner events
 
     def _on_runner_job_changed(self, job: Job) -> None:
-        self.queue_model.refresh(self.s.runner.running_progress)
+        self.queue_model.refresh(self.s.runner.running_progress, self.s.runner.live_rates)
         running = self.s.queue.running()
         self.prompt_panel.set_running(bool(running))
         self.queue_panel.set_paused(self.s.queue.paused)
@@ -279,7 +279,7 @@ class MainWindow(QMainWindow):
 
     def _on_runner_step_progressed(self, event: Any) -> None:
         self.generation.step(event.job_id, event.step, event.total, event.elapsed_s, event.preview)
-        self.queue_model.update_progress(event.job_id, event.step)
+        self.queue_model.update_progress(event.job_id, event.step, self.s.runner.live_rates)
 
     def _on_runner_engine_state_changed(self, state: Any) -> None:
         text = state.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, QPersistentModelIndex, Qt
@@ -12,6 +13,7 @@ from sd3desk.jobs import DONE, Eta, Job, JobQueue, JobState
 JOB_ROLE = Qt.ItemDataRole.UserRole + 1
 MIME = "application/x-sd3desk-job-ids"
 DONE_SHOWN = 200  # recent finished jobs kept in the list; the rest stay in the database
+ETA_REFRESH_S = 1.0
 
 _STATE_WORDS = {
     JobState.queued: "waiting",
@@ -48,27 +50,46 @@ class QueueModel(QAbstractListModel):
         self.queue = queue
         self._jobs: list[Job] = []
         self._etas: dict[int, Eta] = {}
+        self._etas_at = 0.0
         self._progress: dict[int, int] = {}
+        self._rates: dict[str, float] = {}
         self.refresh()
 
-    def refresh(self, progress: dict[int, int] | None = None) -> None:
+    def refresh(
+        self, progress: dict[int, int] | None = None, rates: dict[str, float] | None = None
+    ) -> None:
+        """Reload the jobs; `progress` is steps done per running job, `rates` the runner's
+        live seconds per step (see JobQueue.etas)."""
         self._progress = dict(progress or {})
+        self._rates = dict(rates or {})
         jobs = self.queue.jobs()
         active = [j for j in jobs if j.state not in DONE]
         done = [j for j in jobs if j.state in DONE][:DONE_SHOWN]
         self.beginResetModel()
         self._jobs = active + done
-        self._etas = self.queue.etas(self._progress)
+        self._etas = self.queue.etas(self._progress, self._rates)
+        self._etas_at = time.monotonic()
         self.endResetModel()
 
-    def update_progress(self, job_id: int, step: int) -> None:
-        """A step landed: refresh that row's text only (cheap; called every step)."""
+    def update_progress(self, job_id: int, step: int, rates: dict[str, float] | None = None):
+        """A step landed: refresh that row's text; the ETAs of every row at most once a second
+        (they cost a few queries)."""
         self._progress[job_id] = step
-        for row, job in enumerate(self._jobs):
-            if job.id == job_id:
-                index = self.index(row)
-                self.dataChanged.emit(index, index, [Qt.ItemDataRole.DisplayRole])
-                return
+        active = [row for row, job in enumerate(self._jobs) if job.state not in DONE]
+        first_rate = rates is not None and not set(rates) <= set(self._rates)
+        due = time.monotonic() - self._etas_at >= ETA_REFRESH_S
+        if rates is not None and (first_rate or due) and active:
+            self._rates = dict(rates)
+            self._etas = self.queue.etas(self._progress, self._rates)
+            self._etas_at = time.monotonic()
+            self.dataChanged.emit(
+                self.index(active[0]), self.index(active[-1]), [Qt.ItemDataRole.DisplayRole]
+            )
+            return
+        row = self.row_of(job_id)
+        if row >= 0:
+            index = self.index(row)
+            self.dataChanged.emit(index, index, [Qt.ItemDataRole.DisplayRole])
 
     def job_at(self, row: int) -> Job | None:
         return self._jobs[row] if 0 <= row < len(self._jobs) else None

@@ -31,6 +31,7 @@ class ImageViewer(QWidget):
         self.zoom: float | None = None
         self._image = QImage()
         self._upscale = False
+        self._placeholder = ""
         self.picture = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
         self.picture.setObjectName("viewerImage")
         self.scroll = QScrollArea(widgetResizable=False, alignment=Qt.AlignmentFlag.AlignCenter)
@@ -91,6 +92,11 @@ class ImageViewer(QWidget):
         self.params.show()
         self._render()
 
+    def set_placeholder(self, text: str) -> None:
+        """What to show while there is no image (an empty viewer says what will appear)."""
+        self._placeholder = text
+        self._render()
+
     def fit(self) -> None:
         self.zoom = None
         self._render()
@@ -118,7 +124,8 @@ class ImageViewer(QWidget):
 
     def _render(self) -> None:
         if self._image.isNull():
-            self.picture.clear()
+            self.picture.setText(self._placeholder)
+            self.picture.adjustSize()
             return
         factor = self._fit_factor() if self.zoom is None else self.zoom
         size = self._image.size() * factor

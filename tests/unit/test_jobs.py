@@ -152,6 +152,21 @@ def test_eta_uses_measured_speed_and_marks_first_use_estimates(db_path):
     assert queue.eta(bigger.id).estimated  # scaled from the 512² measurement, and says so
 
 
+def test_live_rates_of_the_running_job_replace_guesses_and_old_timings(db_path):
+    from sd3desk.jobs import timing_key
+
+    queue = open_queue(db_path)
+    a = queue.enqueue(P)
+    b = queue.enqueue(P.replace(batch_size=2))
+    queue.mark_running(a.id)
+    assert queue.etas({a.id: 5})[b.id].estimated  # nothing measured yet
+    queue.record_timing(P, 9.0)  # an old, slower measurement
+    etas = queue.etas({a.id: 5}, {timing_key(P): 0.25})
+    assert not etas[b.id].estimated
+    assert etas[a.id].seconds == pytest.approx(0.25 * 15)
+    assert etas[b.id].seconds == pytest.approx(0.25 * 15 + 0.25 * 20 * 2)
+
+
 def test_a_thousand_jobs_restore_in_order(db_path):
     queue = open_queue(db_path)
     made = queue.enqueue_variations(P, 1000)
