@@ -314,3 +314,15 @@ def test_layout_is_saved_without_closing(open_window, qtbot, tmp_path):
     window.controller.shutdown()
     again = open_window("--data-dir", str(tmp_path))
     assert not again.queue_dock.isVisible() and again.gallery_dock.isVisible()
+
+
+def test_ctrl_enter_in_the_prompt_queues_without_a_newline(open_window, qtbot, tmp_path):
+    window = open_window("--data-dir", str(tmp_path), "--model", "test")
+    window.queue_panel.pause.trigger()  # keep the job waiting: only the queueing is tested
+    panel = window.prompt_panel
+    panel.prompt.setPlainText("a cat")
+    panel.prompt.setFocus()
+    qtbot.keyClick(panel.prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    jobs = window.controller.queue.jobs()
+    assert [j.params.prompt for j in jobs] == ["a cat"]
+    assert panel.prompt.toPlainText() == "a cat"
