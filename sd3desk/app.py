@@ -131,10 +131,19 @@ class Controller:
         if self._started or self._stopped:
             return
         self._started = True
-        setup_logging(self.paths, self._verbose)
+        # 0. the log file and leftovers of a crash: neither may keep the app from working
+        try:
+            setup_logging(self.paths, self._verbose)
+        except OSError as exc:
+            self.notices.warning(
+                f"The log file cannot be written ({exc})", f"check {self.paths.logs}"
+            )
         for text in self.store.notices:
             self.notices.warning(text)
-        sweep_stale_temp_files(self.out_dir)
+        try:
+            sweep_stale_temp_files(self.out_dir)
+        except OSError as exc:
+            self.notices.warning(f"The output folder cannot be read ({exc})", str(self.out_dir))
         # 1. workers (idle threads until a job or a preload arrives) and the runner
         from sd3desk.inference.worker import QueueRunner, Worker, default_engine_factory
 
@@ -194,6 +203,8 @@ class Controller:
             )
 
     def _on_catalog_found(self, entries: list[ModelEntry], problems: list[str]) -> None:
+        if self._stopped:  # a search started before the window closed
+            return
         has_model = bool(self.window.prompt_panel.model_reference())
         if not self.catalog.entries and not has_model and not self.queue.queued():
             QTimer.singleShot(0, self.open_model_setup)  # first run: help the user get a model

@@ -320,6 +320,24 @@ class JobQueue:
             key = (queued[index - 1].sort_key + queued[index].sort_key) / 2
         self._update(job, sort_key=key)
 
+    def place(self, job_ids: list[int], index: int) -> None:
+        """Put waiting jobs, in the given order, at 0-based `index` among the other waiting jobs
+        (dropping several dragged jobs). Jobs that are no longer waiting are left where they are."""
+        queued = self.queued()
+        waiting = {j.id for j in queued}
+        moved = [i for i in dict.fromkeys(job_ids) if i in waiting]
+        if not moved:
+            return
+        others = [j.id for j in queued if j.id not in moved]
+        index = max(0, min(index, len(others)))
+        order = others[:index] + moved + others[index:]
+        keys = sorted(j.sort_key for j in queued)  # reuse the keys: the order moves, not the span
+        by_id = {j.id: j for j in queued}
+        with self._transaction():
+            for job_id, key in zip(order, keys, strict=True):
+                if by_id[job_id].sort_key != key:
+                    self._update(by_id[job_id], sort_key=key)
+
     def set_paused(self, paused: bool) -> None:
         """Pause or resume; remembered across restarts (a paused queue stays paused)."""
         self.store.set_meta("paused", "1" if paused else "0")

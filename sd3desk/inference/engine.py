@@ -114,6 +114,7 @@ class Engine:
         self._cache_dir = cache_dir
         self._model_dirs = model_dirs
         self._prompt_cache: OrderedDict[tuple, tuple] = OrderedDict()
+        self._tokenizer_lock = threading.Lock()
         self._prompt_cache_size = prompt_cache_size
         self._preview_mode = preview_mode
         self._device: DeviceInfo | None = None
@@ -214,12 +215,15 @@ class Engine:
     # ------------------------------------------------------------------ prompts
 
     def prompt_length(self, prompt: str, max_sequence_length: int = 256) -> PromptLength:
-        """Tokens per encoder for `prompt` (with start/end tokens), for truncation warnings."""
+        """Tokens per encoder for `prompt` (with start/end tokens), for truncation warnings.
+        Any thread: the tokenizers are shared with encoding, and a fast tokenizer's call sets
+        its truncation and padding on the shared Rust object, so the two take turns."""
         pipe = self._require_pipe()
-        clip = len(pipe.tokenizer(prompt, truncation=False).input_ids)
-        t5 = None
-        if pipe.text_encoder_3 is not None and pipe.tokenizer_3 is not None:
-            t5 = len(pipe.tokenizer_3(prompt, truncation=False).input_ids)
+        with self._tokenizer_lock:
+            clip = len(pipe.tokenizer(prompt, truncation=False).input_ids)
+            t5 = None
+            if pipe.text_encoder_3 is not None and pipe.tokenizer_3 is not None:
+                t5 = len(pipe.tokenizer_3(prompt, truncation=False).input_ids)
         return PromptLength(clip_tokens=clip, t5_tokens=t5, t5_limit=max_sequence_length)
 
     def _encode(self, params: GenerationParams) -> tuple[tuple, bool]:
@@ -237,16 +241,17 @@ class Engine:
             self._prompt_cache.move_to_end(key)
             return cached, True
         pipe = self._pipe
-        embeds = pipe.encode_prompt(
-            prompt=params.prompt,
-            prompt_2=None,
-            prompt_3=None,
-            device=pipe._execution_device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=cfg,
-            negative_prompt=params.negative_prompt if cfg else None,
-            max_sequence_length=params.max_sequence_length,
-        )
+        with self._tokenizer_lock:  # see prompt_length
+            embeds = pipe.encode_prompt(
+                prompt=params.prompt,
+                prompt_2=None,
+                prompt_3=None,
+                device=pipe._execution_device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=cfg,
+                negative_prompt=params.negative_prompt if cfg else None,
+                max_sequence_length=params.max_sequence_length,
+            )
         self._prompt_cache[key] = embeds
         while len(self._prompt_cache) > self._prompt_cache_size:
             self._prompt_cache.popitem(last=False)

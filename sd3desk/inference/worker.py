@@ -139,8 +139,11 @@ class Worker(QObject):
         self.config = config
         self._engine_factory = engine_factory
         self._engine: Any = None
+        self.wanted_model = ""  # the latest preload asked for (written by the runner)
         self._lock = threading.Lock()
         self._current: tuple[int, threading.Event] | None = None
+        # Cancels for jobs not started yet (queued behind a preload or another job here).
+        self._cancel_before_start: set[int] = set()
         self.thread_ = QThread()
         self.thread_.setObjectName(f"sd3desk-worker-{index}")
         self.moveToThread(self.thread_)
@@ -157,10 +160,13 @@ class Worker(QObject):
         self.thread_.wait()
 
     def cancel(self, job_id: int | None) -> None:
-        """Stop the running job (any job when `job_id` is None) within one step."""
+        """Stop the running job (any job when `job_id` is None) within one step. A job handed
+        over but not started yet (the worker is still loading) is cancelled before it starts."""
         with self._lock:
             if self._current and (job_id is None or self._current[0] == job_id):
                 self._current[1].set()
+            elif job_id is not None:
+                self._cancel_before_start.add(job_id)
 
     def _state(
         self, state: str, text: str, stage: int = 0, stages: int = 0, notices: Any = ()
@@ -171,7 +177,7 @@ class Worker(QObject):
 
     def prompt_length(self, prompt: str, max_sequence_length: int) -> Any:
         """Token counts per encoder with the loaded model's tokenizers; None before a model is
-        loaded. Safe from any thread: tokenizers are read-only once loaded."""
+        loaded. Any thread: the engine takes turns with its own prompt encoding."""
         engine = self._engine
         if engine is None or engine.loaded is None:
             return None
@@ -196,6 +202,8 @@ class Worker(QObject):
     @Slot(str)
     def _preload(self, reference: str) -> None:
         """Load a model while the user is still typing; a job for it then starts at once."""
+        if reference != self.wanted_model:  # the user picked another one since
+            return
         try:
             self._ensure_model(reference)
         except Exception as exc:
@@ -229,6 +237,10 @@ class Worker(QObject):
     def _run(self, job: Job) -> None:
         cancel = threading.Event()
         with self._lock:
+            if job.id in self._cancel_before_start:
+                self._cancel_before_start.discard(job.id)
+                self.job_cancelled.emit(JobCancelled(job.id, 0))
+                return
             self._current = (job.id, cancel)
         self.job_started.emit(JobStarted(job.id, self.index))
         try:
@@ -314,6 +326,7 @@ class QueueRunner(QObject):
         self._halted = False
         self._requeue: set[int] = set()
         self._live_rates: dict[str, float] = {}  # timing_key -> s/step/image, this session
+        self._first_step_s: dict[int, float] = {}  # job id -> when its first step ended
         for worker in workers:
             worker.job_started.connect(self._on_worker_job_started)
             worker.step_progressed.connect(self._on_worker_step_progressed)
@@ -330,8 +343,20 @@ class QueueRunner(QObject):
         self.dispatch()
 
     def stop(self) -> None:
+        """Stop the workers, then settle every job they held: their last reports are applied
+        (they arrive as queued calls, which no event loop may deliver any more at quit), and a
+        job that never got to report goes back to the front of the queue."""
+        from PySide6.QtCore import QCoreApplication
+
+        self._halted = True  # the reports applied below must not hand out new jobs
         for worker in self.workers:
             worker.stop()
+        QCoreApplication.sendPostedEvents(self)
+        for job_id in list(self._busy.values()):
+            job = self.queue.get(job_id)
+            if job.state is JobState.running:
+                self.queue.requeue_front(job_id, "interrupted: the run was stopped")
+        self._busy.clear()
 
     def enqueue(self, params: Any, front: bool = False) -> Job:
         job = self.queue.enqueue(params, front)
@@ -370,6 +395,7 @@ class QueueRunner(QObject):
         """Load a model on the first worker now, so the first job starts without waiting for it.
         Skipped while jobs run (they load what they need)."""
         if reference and self.workers and not self._busy:
+            self.workers[0].wanted_model = reference  # a preload superseded meanwhile is skipped
             self.workers[0].preload_requested.emit(reference)
 
     def prompt_length(self, prompt: str, max_sequence_length: int) -> Any:
@@ -412,6 +438,7 @@ class QueueRunner(QObject):
     def _ended(self, job_id: int, job: Job) -> None:
         self._busy = {w: j for w, j in self._busy.items() if j != job_id}
         self._progress.pop(job_id, None)
+        self._first_step_s.pop(job_id, None)
         self.job_changed.emit(job)
         if self._stop_after_current and not self._busy:
             self._stop_after_current = False
@@ -425,11 +452,13 @@ class QueueRunner(QObject):
     @Slot(object)
     def _on_worker_step_progressed(self, event: StepProgress) -> None:
         self._progress[event.job_id] = event.step
-        if event.step >= LIVE_RATE_AFTER_STEPS:  # the first step carries warm-up work
+        if event.step == 1:
+            self._first_step_s[event.job_id] = event.elapsed_s
+        elif event.step >= LIVE_RATE_AFTER_STEPS and event.job_id in self._first_step_s:
+            # from the second step on, leaving out the first (it carries warm-up work)
             params = self.queue.get(event.job_id).params
-            self._live_rates[timing_key(params)] = (
-                event.elapsed_s / event.step / max(params.batch_size, 1)
-            )
+            per_step = (event.elapsed_s - self._first_step_s[event.job_id]) / (event.step - 1)
+            self._live_rates[timing_key(params)] = per_step / max(params.batch_size, 1)
         self.step_progressed.emit(event)
 
     @Slot(object)

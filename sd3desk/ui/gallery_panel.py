@@ -35,7 +35,7 @@ class GalleryPanel(QWidget):
 
     rerun_requested = Signal(object)  # GenerationParams (same seed, or seed None for a new one)
     settings_requested = Signal(object)  # ImageMetadata to load into the form
-    seed_requested = Signal(int)
+    seed_requested = Signal(object)  # int: seeds reach 2^32 - 1, beyond Qt's int
     image_opened = Signal(object)  # ImageRow
     notice = Signal(str)
 

@@ -112,6 +112,9 @@ class MainWindow(QMainWindow):
         self._connect()
         self.queue_panel.set_paused(services.queue.paused)
         self._models_listed = False
+        self._family: Any = None
+        self._preload_timer = QTimer(self, singleShot=True, interval=500)
+        self._preload_timer.timeout.connect(self._preload_picked_model)
         self._save_form_timer = QTimer(self, singleShot=True, interval=1000)
         self._save_form_timer.timeout.connect(self.save_form)
         # The layout is saved a moment after it changes, not only on close: it survives a crash.
@@ -245,12 +248,18 @@ class MainWindow(QMainWindow):
 
     def _duplicate(self, job_id: int) -> None:
         self.s.queue.duplicate(job_id)
+        if self.s.runner is None:
+            self.queue_model.refresh()
+            return
         self.s.runner.dispatch()
         self.queue_model.refresh(self.s.runner.running_progress, self.s.runner.live_rates)
 
     def _clear_finished(self) -> None:
         self.s.queue.clear_finished()
-        self.queue_model.refresh(self.s.runner.running_progress, self.s.runner.live_rates)
+        runner = self.s.runner
+        self.queue_model.refresh(
+            runner.running_progress if runner else None, runner.live_rates if runner else None
+        )
 
     def _max_side(self, reference: str) -> int | None:
         family = self.s.catalog.family_of(reference)
@@ -297,10 +306,12 @@ class MainWindow(QMainWindow):
         elif state.state == "generating":
             for notice in state.notices:
                 self.s.notices.warning(notice)
-        elif state.state == "failed":
+        elif state.state == "failed" and state.text != getattr(self, "_last_failure", None):
+            # (a job's failure already made its notice; a failed preload makes one here)
             self.s.notices.error(state.text, state.notices[0] if state.notices else "")
 
     def _on_runner_job_failed(self, event: Any) -> None:
+        self._last_failure = event.message
         self.s.notices.error(f"Job #{event.job_id} failed: {event.message}", event.advice)
 
     # ------------------------------------------------------------------ models and the form
@@ -311,6 +322,8 @@ class MainWindow(QMainWindow):
         current = self.prompt_panel.model_reference() or self.s.model_override
         current = current or self.s.settings.last_model
         self.prompt_panel.set_models([(e.label, e.reference) for e in entries], current)
+        if self._family is None:  # the restored form's model: switching within it keeps values
+            self._family = self.s.catalog.family_of(self.prompt_panel.model_reference())
         if first and self.prompt_panel.model_reference():
             # Only now: the model search and the engine's torch import both import many modules,
             # and run together they stalled the GUI thread for ~200 ms (bench/gui_latency.py).
@@ -323,14 +336,19 @@ class MainWindow(QMainWindow):
         if not reference:
             return
         if self.s.catalog.searched:  # else the first search result starts it (see below)
-            self.engine_label.setText(f"Loading {reference} in the background…")
-            self.s.runner.preload(reference)
+            self._preload_timer.start()  # once the pick settles: one load, not one per model
         family = self.s.catalog.family_of(reference)
-        if family is not None and family != getattr(self, "_family", family):
+        if family is not None and family != self._family:
             self.prompt_panel.apply_defaults(defaults_for(family))
         self._family = family
         if reference != self.s.settings.last_model:
             self.settings_changed.emit(dataclasses.replace(self.s.settings, last_model=reference))
+
+    def _preload_picked_model(self) -> None:
+        reference = self.prompt_panel.model_reference()
+        if reference and self.s.runner is not None:
+            self.engine_label.setText(f"Loading {reference} in the background…")
+            self.s.runner.preload(reference)
 
     def _on_gallery_settings_requested(self, meta: Any) -> None:
         ours = meta.source == "sd3desk"
@@ -353,9 +371,16 @@ class MainWindow(QMainWindow):
             self.prompt_panel.restore(data)
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, InvalidParamsError, TypeError, AttributeError) as exc:
+        except (
+            OSError,
+            ValueError,
+            OverflowError,
+            InvalidParamsError,
+            TypeError,
+            AttributeError,
+        ) as exc:
             self.s.notices.warning(f"The saved form could not be restored ({exc})")
-        self._family = None  # a restored form keeps its own steps and guidance
+        self._family = None  # set from the restored model once the catalog knows its family
 
     # ------------------------------------------------------------------ layout
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -122,7 +123,7 @@ class PromptPanel(QWidget):
         self.guidance = QDoubleSpinBox(objectName="guidanceSpin", accessibleName="Guidance scale")
         self.guidance.setRange(GUIDANCE_MIN, GUIDANCE_MAX)
         self.guidance.setSingleStep(0.5)
-        self.guidance.setDecimals(1)
+        self.guidance.setDecimals(2)  # other tools' CFG 3.75 must survive a round trip
         self.guidance.setToolTip(
             f"Classifier-free guidance ({GUIDANCE_MIN:g}–{GUIDANCE_MAX:g}): how closely the image "
             "follows the prompt. ≤ 1 turns CFG off (faster, negative prompt ignored)"
@@ -170,6 +171,22 @@ class PromptPanel(QWidget):
 
         self._lay_out()
         self._connect()
+        self._wheel_filter = _WheelOnlyWhenFocused(self)
+        for field in (
+            self.model_combo,
+            self.seed,
+            self.steps,
+            self.guidance,
+            self.guidance_slider,
+            self.aspect,
+            self.width_spin,
+            self.height_spin,
+            self.batch,
+            self.shift,
+            self.t5_length,
+        ):
+            field.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # no focus from the wheel
+            field.installEventFilter(self._wheel_filter)
         self.set_params(GenerationParams(prompt=""))
 
     def _size_spin(self, name: str, label: str) -> QSpinBox:
@@ -281,9 +298,7 @@ class PromptPanel(QWidget):
         self.random_seed.toggled.connect(lambda on: self.seed.setEnabled(not on))
         self.reuse_seed.clicked.connect(self.reuse_last_seed)
         self.guidance.valueChanged.connect(self._on_guidance_changed)
-        self.guidance_slider.valueChanged.connect(
-            lambda v: self.guidance.setValue(v / 10) if self.guidance_slider.hasFocus() else None
-        )
+        self.guidance_slider.valueChanged.connect(lambda v: self.guidance.setValue(v / 10))
         self.aspect.currentIndexChanged.connect(self._on_aspect_changed)
         for spin in (self.width_spin, self.height_spin):
             spin.editingFinished.connect(self._on_size_edited)
@@ -329,26 +344,29 @@ class PromptPanel(QWidget):
         )
 
     def set_params(self, params: GenerationParams, keep_model: bool = False) -> None:
-        """Fill the form; a concrete seed turns "random" off so the image can be re-made."""
+        """Fill the form; a concrete seed turns "random" off so the image can be re-made.
+        Values outside a field's range (another tool's file) are brought to its nearest end."""
+        # the model first: picking it may apply its family's defaults, which the values
+        # below must then override
+        if params.model and not keep_model:
+            self.select_model(params.model)
         self.prompt.setPlainText(params.prompt)
         self.negative.setPlainText(params.negative_prompt)
         self.random_seed.setChecked(params.seed is None)
         if params.seed is not None:
-            self.seed.setValue(params.seed)
-        self.steps.setValue(params.steps)
-        self.guidance.setValue(params.guidance_scale)
-        self.batch.setValue(params.batch_size)
-        self.shift.setValue(params.shift)
-        self.t5_length.setValue(params.max_sequence_length)
+            _set(self.seed, params.seed)
+        _set(self.steps, params.steps)
+        _set(self.guidance, params.guidance_scale)
+        _set(self.batch, params.batch_size)
+        _set(self.shift, params.shift)
+        _set(self.t5_length, params.max_sequence_length)
         self.set_size(params.width, params.height)
-        if params.model and not keep_model:
-            self.select_model(params.model)
-        self._on_guidance_changed(params.guidance_scale)
+        self._on_guidance_changed(self.guidance.value())
 
     def set_size(self, width: int, height: int) -> None:
         for spin, value in ((self.width_spin, width), (self.height_spin, height)):
             spin.blockSignals(True)
-            spin.setValue(value)
+            _set(spin, value)
             spin.blockSignals(False)
         self._match_preset()
         self._update_size_note()
@@ -468,10 +486,10 @@ class PromptPanel(QWidget):
     # ------------------------------------------------------------------ private slots
 
     def _on_guidance_changed(self, value: float) -> None:
-        if not self.guidance_slider.hasFocus():
-            self.guidance_slider.blockSignals(True)
-            self.guidance_slider.setValue(round(min(value, GUIDANCE_SLIDER_MAX) * 10))
-            self.guidance_slider.blockSignals(False)
+        # blocked: the slider's own change must not round the box's value (3.75 stays 3.75)
+        self.guidance_slider.blockSignals(True)
+        self.guidance_slider.setValue(round(min(value, GUIDANCE_SLIDER_MAX) * 10))
+        self.guidance_slider.blockSignals(False)
         self.cfg_note.setVisible(value <= 1.0)
 
     def _on_aspect_changed(self, _index: int) -> None:
@@ -536,6 +554,24 @@ _FIELD_NAMES = {
     "shift": "Shift",
     "max_sequence_length": "T5 tokens",
 }
+
+
+def _set(spin: Any, value: float) -> None:
+    """Set a spin box to `value` brought into its range (Qt raises on values beyond int32)."""
+    spin.setValue(max(spin.minimum(), min(spin.maximum(), value)))
+
+
+class _WheelOnlyWhenFocused(QObject):
+    """Scrolling the form over a field scrolls the form; only a focused field takes the wheel
+    (so a wheel over the model list never switches models by accident)."""
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Wheel and not watched.hasFocus():
+            parent = watched.parentWidget()
+            if parent is not None:
+                QApplication.sendEvent(parent, event)
+            return True
+        return False
 
 
 def _connect_any_change(widget: QWidget, slot) -> None:

@@ -147,14 +147,18 @@ class QueueModel(QAbstractListModel):
         """Move the dragged waiting jobs to where they were dropped among the waiting jobs."""
         if not data.hasFormat(MIME) or action != Qt.DropAction.MoveAction:
             return False
-        ids = [int(t) for t in bytes(data.data(MIME).data()).decode().split(",") if t]
+        dragged = {int(t) for t in bytes(data.data(MIME).data()).decode().split(",") if t}
         if row < 0:
             row = parent.row() if parent.isValid() else len(self._jobs)
-        # the new index among the other waiting jobs = how many of them sit above the drop
-        target = sum(1 for j in self._jobs[:row] if j.state is JobState.queued and j.id not in ids)
-        for offset, job_id in enumerate(ids):
-            self.queue.move_to(job_id, target + offset)
-        self.refresh(self._progress)
+        # in list order, whatever order they were selected in; a job that started running
+        # during the drag (the runner keeps going) stays where it is
+        ids = [j.id for j in self._jobs if j.id in dragged and j.state is JobState.queued]
+        # the new place among the other waiting jobs = how many of them sit above the drop
+        target = sum(
+            1 for j in self._jobs[:row] if j.state is JobState.queued and j.id not in dragged
+        )
+        self.queue.place(ids, target)
+        self.refresh(self._progress, self._rates)
         return False  # we moved the rows ourselves; the view must not remove anything
 
     # ------------------------------------------------------------------ text

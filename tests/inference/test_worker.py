@@ -235,3 +235,70 @@ def test_a_job_for_another_model_switches_models(qtbot, make_runner, tiny_model_
     assert len(loads) == 3  # the second job reused the loaded model
     names = [read_metadata(runner.queue.get(j.id).outputs[0]).model.name for j in jobs]
     assert names == ["tiny-sd3", "tiny-sd3", "tiny", "tiny-sd3"]
+
+
+class SlowLoadEngine(FaultyEngine):
+    """The real engine, with a model load that waits until the test lets it go on."""
+
+    def __init__(self, real, release: threading.Event):
+        super().__init__(real, [])
+        self.release = release
+
+    def load(self, *args, **kwargs):
+        self.release.wait(30)
+        return self.real.load(*args, **kwargs)
+
+
+def test_cancelling_a_job_queued_behind_a_preload_cancels_it(qtbot, make_runner, tiny_model_dir):
+    release = threading.Event()
+    runner = make_runner(factory=lambda c: SlowLoadEngine(default_engine_factory(c), release))
+    runner.start()
+    runner.preload(str(tiny_model_dir))  # the worker is busy loading ...
+    job = runner.enqueue(params(tiny_model_dir))  # ... while this job is handed to it
+    assert runner.queue.get(job.id).state is JobState.running
+    runner.cancel(job.id)
+    release.set()
+    wait_done(qtbot, runner, job.id)
+    assert runner.queue.get(job.id).state is JobState.cancelled
+
+
+def test_stopping_mid_job_puts_the_job_back_first_not_as_a_crash(
+    qtbot, make_runner, tiny_model_dir
+):
+    """What quitting the window does: the event loop has ended, so the worker's last report can
+    only be applied by stop() itself."""
+    runner = make_runner()
+    steps: list[int] = []
+    runner.step_progressed.connect(lambda e: steps.append(e.step))
+    runner.start()
+    first = runner.enqueue(params(tiny_model_dir, steps=150))
+    second = runner.enqueue(params(tiny_model_dir))
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=TIMEOUT)
+    runner.halt()
+    runner.stop()  # no event loop runs between halt and stop here
+    queued = runner.queue.queued()
+    assert [j.id for j in queued] == [first.id, second.id]
+    assert queued[0].crashes == 0 and "stopped" in queued[0].note
+
+
+def test_a_preload_superseded_by_another_pick_is_skipped(qtbot, make_runner, tiny_model_dir):
+    loads: list[str] = []
+    release = threading.Event()
+
+    class Recording(SlowLoadEngine):
+        def load(self, source, *args, **kwargs):
+            loads.append(source.reference)
+            return super().load(source, *args, **kwargs)
+
+    runner = make_runner(factory=lambda c: Recording(default_engine_factory(c), release))
+    states: list[str] = []
+    runner.engine_state_changed.connect(lambda s: states.append(s.state))
+    runner.start()
+    runner.preload(str(tiny_model_dir))
+    qtbot.waitUntil(lambda: loads == [str(tiny_model_dir)], timeout=TIMEOUT)  # loading now
+    runner.preload("test")  # meanwhile the user scrolls past the test model ...
+    runner.preload(str(tiny_model_dir))  # ... and settles back on this one
+    release.set()
+    qtbot.waitUntil(lambda: states.count("ready") >= 1, timeout=TIMEOUT)
+    qtbot.wait(300)  # any further (wrong) load would have started by now
+    assert loads == [str(tiny_model_dir)]

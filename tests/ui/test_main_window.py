@@ -326,3 +326,19 @@ def test_ctrl_enter_in_the_prompt_queues_without_a_newline(open_window, qtbot, t
     jobs = window.controller.queue.jobs()
     assert [j.params.prompt for j in jobs] == ["a cat"]
     assert panel.prompt.toPlainText() == "a cat"
+
+
+def test_dragging_several_waiting_jobs_keeps_their_list_order(open_window, tmp_path):
+    window = open_window("--data-dir", str(tmp_path), "--model", "test")
+    window.queue_panel.pause.trigger()
+    jobs = []
+    for name in "abcde":
+        window.prompt_panel.prompt.setPlainText(name)
+        jobs.append(window.generate())
+    a, b, c, d, e = (j.id for j in jobs)
+    model = window.queue_panel.model
+    queue = window.controller.queue
+    # B then A (selection order), dropped before E: they land as A, B
+    mime = model.mimeData([model.index(1), model.index(0)])
+    model.dropMimeData(mime, Qt.DropAction.MoveAction, 4, 0, model.index(0).parent())
+    assert [j.id for j in queue.queued()] == [c, d, a, b, e]

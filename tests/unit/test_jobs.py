@@ -167,6 +167,19 @@ def test_live_rates_of_the_running_job_replace_guesses_and_old_timings(db_path):
     assert etas[b.id].seconds == pytest.approx(0.25 * 15 + 0.25 * 20 * 2)
 
 
+def test_place_moves_several_jobs_in_order_and_skips_running_ones(db_path):
+    queue = open_queue(db_path)
+    a, b, c, d, e = (queue.enqueue(P.replace(prompt=name)) for name in "abcde")
+    queue.place([a.id, b.id], 2)  # dragged A and B to before E (two others above: C, D)
+    assert ids(queue.queued()) == [c.id, d.id, a.id, b.id, e.id]
+    queue.place([a.id, c.id], 99)  # to the end
+    assert ids(queue.queued()) == [d.id, b.id, e.id, a.id, c.id]
+    queue.mark_running(d.id)  # it started while being dragged: it stays running
+    queue.place([d.id, e.id], 0)
+    assert ids(queue.queued()) == [e.id, b.id, a.id, c.id]
+    assert queue.get(d.id).state is JobState.running
+
+
 def test_a_thousand_jobs_restore_in_order(db_path):
     queue = open_queue(db_path)
     made = queue.enqueue_variations(P, 1000)
