@@ -50,10 +50,21 @@ def main() -> None:
         window = create_window(["--data-dir", str(work), "--model", folder])
         window.show()
         app = QCoreApplication.instance()
-        runner = window.controller.runner
         queue = window.controller.queue
 
+        attach = window.attach_runner
+
+        def attach_runner(made) -> None:  # the runner is made once the window has shown
+            attach(made)
+            made.job_changed.connect(on_job)
+            made.engine_state_changed.connect(lambda s: phase.__setitem__(0, s.state))
+
+        window.attach_runner = attach_runner
+
         def enqueue_all() -> None:  # through the form, as a user would
+            if window.controller.runner is None:
+                QTimer.singleShot(50, enqueue_all)
+                return
             panel = window.prompt_panel
             for params in requests:
                 panel.set_params(params)
@@ -67,7 +78,6 @@ def main() -> None:
                 if done[0] == args.jobs:
                     QTimer.singleShot(200, app.quit)
 
-        runner.job_changed.connect(on_job)
         start_jobs = enqueue_all
     else:
         app = QCoreApplication([])
@@ -77,10 +87,10 @@ def main() -> None:
         config = WorkerConfig(out_dir=work / "out", cache_dir=work, device=Device.cpu)
         runner = QueueRunner(queue, [Worker(0, config, default_engine_factory)])
         runner.idle.connect(lambda: QTimer.singleShot(200, app.quit))
+        runner.engine_state_changed.connect(lambda s: phase.__setitem__(0, s.state))
         start_jobs = runner.start
     phase = ["idle"]
     lateness: dict[str, list[float]] = {}
-    runner.engine_state_changed.connect(lambda s: phase.__setitem__(0, s.state))
     clock = QElapsedTimer()
     timer = QTimer()
     timer.setTimerType(Qt.TimerType.PreciseTimer)
@@ -98,9 +108,10 @@ def main() -> None:
     QTimer.singleShot(300, start_jobs)  # 300 ms of idle baseline first (the window: its start)
     start = time.perf_counter()
     app.exec()
-    runner.stop()
     if args.window:
         window.controller.shutdown()
+    else:
+        runner.stop()
     print(
         f"{'main window' if args.window else 'bare runner'}: "
         f"{args.jobs} jobs, small random SD3, 256x256, {args.steps} steps, cpu; "
