@@ -195,6 +195,9 @@ class Controller:
         if any(getattr(old, f) != getattr(settings, f) for f in engine_fields):
             for worker in self.runner.workers if self.runner else ():
                 worker.reconfigure_requested.emit(self._worker_config(worker.index))
+            # reload the picked model with the new settings now, not at the next job
+            self.window.engine_label.setText("Settings changed: reloading the model…")
+            self.window.preload_picked_model()
             self.catalog.model_dirs = self._model_dirs()
             self.catalog.refresh()
         if settings.output_dir != old.output_dir or settings.gpu_workers != old.gpu_workers:

@@ -114,7 +114,7 @@ class MainWindow(QMainWindow):
         self._models_listed = False
         self._family: Any = None
         self._preload_timer = QTimer(self, singleShot=True, interval=500)
-        self._preload_timer.timeout.connect(self._preload_picked_model)
+        self._preload_timer.timeout.connect(self.preload_picked_model)
         self._save_form_timer = QTimer(self, singleShot=True, interval=1000)
         self._save_form_timer.timeout.connect(self.save_form)
         # The layout is saved a moment after it changes, not only on close: it survives a crash.
@@ -344,7 +344,7 @@ class MainWindow(QMainWindow):
         if reference != self.s.settings.last_model:
             self.settings_changed.emit(dataclasses.replace(self.s.settings, last_model=reference))
 
-    def _preload_picked_model(self) -> None:
+    def preload_picked_model(self) -> None:
         reference = self.prompt_panel.model_reference()
         if reference and self.s.runner is not None:
             self.engine_label.setText(f"Loading {reference} in the background…")

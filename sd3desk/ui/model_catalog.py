@@ -42,20 +42,20 @@ def find_models(model_dirs: tuple[Path, ...]) -> tuple[list[ModelEntry], list[st
 
 
 class _Signals(QObject):
-    found = Signal(object, object)
+    found = Signal(int, object, object)
 
 
 class _Find(QRunnable):
-    def __init__(self, model_dirs: tuple[Path, ...], signals: _Signals) -> None:
+    def __init__(self, ticket: int, model_dirs: tuple[Path, ...], signals: _Signals) -> None:
         super().__init__()
-        self.model_dirs, self.signals = model_dirs, signals
+        self.ticket, self.model_dirs, self.signals = ticket, model_dirs, signals
 
     def run(self) -> None:
         try:
             entries, problems = find_models(self.model_dirs)
         except Exception as exc:  # a broken folder must not stop the app
             entries, problems = [], [f"looking for models failed: {exc}"]
-        self.signals.found.emit(entries, problems)
+        self.signals.found.emit(self.ticket, entries, problems)
 
 
 class ModelCatalog(QObject):
@@ -69,12 +69,14 @@ class ModelCatalog(QObject):
         self.model_dirs = tuple(model_dirs)
         self.entries: list[ModelEntry] = []
         self.searched = False
+        self._ticket = 0
         self.pool = pool or QThreadPool.globalInstance()
         self._signals = _Signals()
         self._signals.found.connect(self._on_found)
 
     def refresh(self) -> None:
-        self.pool.start(_Find(self.model_dirs, self._signals))
+        self._ticket += 1
+        self.pool.start(_Find(self._ticket, self.model_dirs, self._signals))
 
     def family_of(self, reference: str) -> ModelFamily | None:
         return next((e.family for e in self.all_entries() if e.reference == reference), None)
@@ -82,7 +84,9 @@ class ModelCatalog(QObject):
     def all_entries(self) -> list[ModelEntry]:
         return [*self.entries, TEST_ENTRY]
 
-    def _on_found(self, entries: list[ModelEntry], problems: list[str]) -> None:
+    def _on_found(self, ticket: int, entries: list[ModelEntry], problems: list[str]) -> None:
+        if ticket != self._ticket:  # an older search finishing after a newer one began
+            return
         self.entries = entries
         self.searched = True
         self.found.emit(self.all_entries(), problems)

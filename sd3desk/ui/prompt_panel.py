@@ -7,6 +7,7 @@ from typing import Any
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QApplication,
     QCheckBox,
     QComboBox,
@@ -15,6 +16,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QSlider,
@@ -289,7 +291,7 @@ class PromptPanel(QWidget):
             shortcut.activated.connect(self.generate_requested)
         escape = QShortcut(QKeySequence(Qt.Key.Key_Escape), self)
         escape.setContext(Qt.ShortcutContext.WindowShortcut)
-        escape.activated.connect(self.cancel_requested)
+        escape.activated.connect(self._on_escape)
         self.setup_button.clicked.connect(self.setup_requested)
 
         self.prompt.textChanged.connect(self.prompt_edited)
@@ -484,6 +486,15 @@ class PromptPanel(QWidget):
         self.advanced.setChecked(bool(data.get("advanced", False)))
 
     # ------------------------------------------------------------------ private slots
+
+    def _on_escape(self) -> None:
+        """Esc cancels the running job, except in a text box of its own (the gallery's search,
+        where Esc means "clear")."""
+        focus = QApplication.focusWidget()
+        if isinstance(focus, QLineEdit) and not isinstance(focus.parent(), QAbstractSpinBox):
+            focus.clear()
+            return
+        self.cancel_requested.emit()
 
     def _on_guidance_changed(self, value: float) -> None:
         # blocked: the slider's own change must not round the box's value (3.75 stays 3.75)

@@ -137,3 +137,29 @@ def test_the_wheel_over_an_unfocused_model_list_does_not_switch_models(open_wind
     )
     QApplication.sendEvent(combo, wheel)
     assert combo.currentIndex() == before
+
+
+def test_escape_in_the_gallery_search_clears_it_and_cancels_nothing(open_window, qtbot, tmp_path):
+    window = open_window(tmp_path, "--model", "test")
+    cancels = []
+    window.prompt_panel.cancel_requested.connect(lambda: cancels.append(1))
+    search = window.gallery_panel.search
+    search.setText("fox")
+    search.setFocus()
+    qtbot.keyClick(search, Qt.Key.Key_Escape)
+    assert search.text() == "" and cancels == []
+    window.prompt_panel.prompt.setFocus()
+    qtbot.keyClick(window.prompt_panel.prompt, Qt.Key.Key_Escape)
+    assert cancels == [1]
+
+
+def test_an_older_model_search_finishing_late_is_ignored(open_window, tmp_path):
+    window = open_window(tmp_path, "--model", "test")
+    catalog = window.controller.catalog
+    catalog.refresh()  # ticket n
+    catalog.refresh()  # ticket n + 1: the newest
+    newest = catalog._ticket
+    catalog._signals.found.emit(newest - 1, [LARGE], [])  # the older one finishes last
+    assert LARGE not in catalog.entries
+    catalog._signals.found.emit(newest, [MEDIUM], [])
+    assert catalog.entries == [MEDIUM]
