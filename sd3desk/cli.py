@@ -337,10 +337,12 @@ def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
             print(f"queued job {queue.enqueue(params, front=args.front).id}")
         return EXIT_OK
     if args.action == "list":
+        etas = queue.etas()  # every ETA and place in one pass each, not one query per job
+        places = {job.id: place for place, job in enumerate(queue.queued(), start=1)}
         for job in queue.jobs():
-            eta = queue.eta(job.id)
+            eta = etas.get(job.id)
             when = f" · {'~' if eta.estimated else ''}{eta.seconds:.0f} s" if eta else ""
-            where = f" #{queue.position(job.id)}" if queue.position(job.id) else ""
+            where = f" #{places[job.id]}" if job.id in places else ""
             print(
                 f"{job.id:5d} {job.state.value:9s}{where}{when} · seed {job.params.seed} · "
                 f"{job.params.width}x{job.params.height} · {job.params.prompt[:60]!r}"

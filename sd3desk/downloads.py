@@ -508,7 +508,10 @@ def _cache_root(cache_dir: str | Path | None) -> Path:
 
 
 def _repo_folder(repo_id: str) -> str:
-    return "models--" + repo_id.replace("/", "--")
+    """The repo's folder in the cache, named as huggingface_hub names it."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return repo_folder_name(repo_id=repo_id, repo_type="model")
 
 
 def _is_cached(storage: Path, revision: str, path: str, etag: str | None) -> bool:

@@ -326,7 +326,8 @@ class QueueRunner(QObject):
         self._halted = False
         self._requeue: set[int] = set()
         self._live_rates: dict[str, float] = {}  # timing_key -> s/step/image, this session
-        self._first_step_s: dict[int, float] = {}  # job id -> when its first step ended
+        # job id -> (when its first step ended, its timing key, its batch size)
+        self._first_step: dict[int, tuple[float, str, int]] = {}
         for worker in workers:
             worker.job_started.connect(self._on_worker_job_started)
             worker.step_progressed.connect(self._on_worker_step_progressed)
@@ -438,7 +439,7 @@ class QueueRunner(QObject):
     def _ended(self, job_id: int, job: Job) -> None:
         self._busy = {w: j for w, j in self._busy.items() if j != job_id}
         self._progress.pop(job_id, None)
-        self._first_step_s.pop(job_id, None)
+        self._first_step.pop(job_id, None)
         self.job_changed.emit(job)
         if self._stop_after_current and not self._busy:
             self._stop_after_current = False
@@ -452,13 +453,17 @@ class QueueRunner(QObject):
     @Slot(object)
     def _on_worker_step_progressed(self, event: StepProgress) -> None:
         self._progress[event.job_id] = event.step
-        if event.step == 1:
-            self._first_step_s[event.job_id] = event.elapsed_s
-        elif event.step >= LIVE_RATE_AFTER_STEPS and event.job_id in self._first_step_s:
-            # from the second step on, leaving out the first (it carries warm-up work)
+        if event.step == 1:  # the job's timing key is read once, not on every step
             params = self.queue.get(event.job_id).params
-            per_step = (event.elapsed_s - self._first_step_s[event.job_id]) / (event.step - 1)
-            self._live_rates[timing_key(params)] = per_step / max(params.batch_size, 1)
+            self._first_step[event.job_id] = (
+                event.elapsed_s,
+                timing_key(params),
+                max(params.batch_size, 1),
+            )
+        elif event.step >= LIVE_RATE_AFTER_STEPS and event.job_id in self._first_step:
+            # from the second step on, leaving out the first (it carries warm-up work)
+            first_s, key, batch = self._first_step[event.job_id]
+            self._live_rates[key] = (event.elapsed_s - first_s) / (event.step - 1) / batch
         self.step_progressed.emit(event)
 
     @Slot(object)

@@ -248,18 +248,21 @@ class MainWindow(QMainWindow):
 
     def _duplicate(self, job_id: int) -> None:
         self.s.queue.duplicate(job_id)
-        if self.s.runner is None:
-            self.queue_model.refresh()
-            return
-        self.s.runner.dispatch()
-        self.queue_model.refresh(self.s.runner.running_progress, self.s.runner.live_rates)
+        if self.s.runner is not None:
+            self.s.runner.dispatch()
+        self._refresh_queue()
 
     def _clear_finished(self) -> None:
         self.s.queue.clear_finished()
+        self._refresh_queue()
+
+    def _refresh_queue(self) -> None:
+        """Reload the queue panel with the runner's progress and speeds (none before it exists)."""
         runner = self.s.runner
-        self.queue_model.refresh(
-            runner.running_progress if runner else None, runner.live_rates if runner else None
-        )
+        if runner is None:
+            self.queue_model.refresh()
+        else:
+            self.queue_model.refresh(runner.running_progress, runner.live_rates)
 
     def _max_side(self, reference: str) -> int | None:
         family = self.s.catalog.family_of(reference)
@@ -268,7 +271,7 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ runner events
 
     def _on_runner_job_changed(self, job: Job) -> None:
-        self.queue_model.refresh(self.s.runner.running_progress, self.s.runner.live_rates)
+        self._refresh_queue()
         running = self.s.queue.running()
         self.prompt_panel.set_running(bool(running))
         self.queue_panel.set_paused(self.s.queue.paused)

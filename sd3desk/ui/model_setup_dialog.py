@@ -26,11 +26,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from sd3desk.downloads import DEFAULT_REPO  # (huggingface_hub itself loads on first use)
 from sd3desk.errors import SD3DeskError
 from sd3desk.settings import AppPaths
 from sd3desk.ui.model_catalog import TEST_ENTRY, ModelCatalog, ModelEntry
 
-DEFAULT_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"  # as sd3desk.downloads
 ERROR_STYLE = "color: #d9534f;"
 
 
@@ -238,7 +238,7 @@ class ModelSetupDialog(QDialog):
         """Plan (sizes, free disk, token check) and, unless `plan_only`, download; in a thread."""
         if self.busy():
             return
-        repo, token, with_t5 = self.repo.text().strip(), self.token.text().strip(), None
+        repo, token = self.repo.text().strip(), self.token.text().strip()
         with_t5 = self.with_t5.isChecked()
         self.download_error.hide()
         self.size_label.setText("Asking Hugging Face for the file list…")
@@ -263,8 +263,11 @@ class ModelSetupDialog(QDialog):
                 repo, token=token, with_t5=with_t5, cache_dir=self.cache_dir, endpoint=self.endpoint
             )
             relay.planned.emit(plan)
-            if plan_only or cancel.is_set():
-                relay.failed.emit("", "", True) if cancel.is_set() else relay.finished.emit(None)
+            if cancel.is_set():
+                relay.failed.emit("", "", True)
+                return
+            if plan_only:
+                relay.finished.emit(None)
                 return
             folder = downloads.download(
                 plan,

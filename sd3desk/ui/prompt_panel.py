@@ -363,7 +363,6 @@ class PromptPanel(QWidget):
         _set(self.shift, params.shift)
         _set(self.t5_length, params.max_sequence_length)
         self.set_size(params.width, params.height)
-        self._on_guidance_changed(self.guidance.value())
 
     def set_size(self, width: int, height: int) -> None:
         for spin, value in ((self.width_spin, width), (self.height_spin, height)):

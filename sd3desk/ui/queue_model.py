@@ -50,6 +50,7 @@ class QueueModel(QAbstractListModel):
         self.queue = queue
         self._jobs: list[Job] = []
         self._etas: dict[int, Eta] = {}
+        self._places: dict[int, int] = {}  # job id -> 1 for the next waiting job
         self._etas_at = 0.0
         self._progress: dict[int, int] = {}
         self._rates: dict[str, float] = {}
@@ -67,6 +68,8 @@ class QueueModel(QAbstractListModel):
         done = [j for j in jobs if j.state in DONE][:DONE_SHOWN]
         self.beginResetModel()
         self._jobs = active + done
+        waiting = (j for j in active if j.state is JobState.queued)
+        self._places = {job.id: place for place, job in enumerate(waiting, start=1)}
         self._etas = self.queue.etas(self._progress, self._rates)
         self._etas_at = time.monotonic()
         self.endResetModel()
@@ -171,8 +174,7 @@ class QueueModel(QAbstractListModel):
             step = self._progress.get(job.id, 0)
             status += f" · step {step}/{p.steps}"
         elif job.state is JobState.queued:
-            position = [j.id for j in self._jobs if j.state is JobState.queued].index(job.id) + 1
-            status += f" · {_ordinal(position)}"
+            status += f" · {_ordinal(self._places[job.id])}"
         eta = self._etas.get(job.id)
         if eta is not None and job.state not in DONE:
             status += f" · {'~' if eta.estimated else ''}{format_seconds(eta.seconds)} left"
