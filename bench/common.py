@@ -36,7 +36,7 @@ def single_file(size: str) -> Path:
 
 def lighthouse_requests(model: str, count: int, steps: int) -> list[Any]:
     """`count` 256x256 requests for `model` with seeds 0..count-1 (the queue benchmarks' load)."""
-    from sd3desk.params import GenerationParams
+    from sd3desk.core.params import GenerationParams
 
     return [
         GenerationParams(

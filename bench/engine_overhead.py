@@ -11,10 +11,10 @@ import argparse
 
 from common import bare_pipe_call, interleaved_medians, model_dir
 
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.settings import Device
 from sd3desk.inference.engine import Engine
 from sd3desk.inference.models import resolve_model
-from sd3desk.params import GenerationParams
-from sd3desk.settings import Device
 
 
 def main() -> None:

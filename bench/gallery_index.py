@@ -18,10 +18,10 @@ from pathlib import Path
 import common  # noqa: F401 - puts the project on sys.path
 from PIL import Image
 
-from sd3desk.gallery import GalleryIndex
-from sd3desk.metadata import ImageMetadata, ModelIdentity, png_info
-from sd3desk.params import GenerationParams
-from sd3desk.store import Store
+from sd3desk.core.gallery import GalleryIndex
+from sd3desk.core.metadata import ImageMetadata, ModelIdentity, png_info
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.store import Store
 
 WORDS = [
     "fox",

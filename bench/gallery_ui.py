@@ -27,8 +27,8 @@ def main() -> None:
     from PySide6.QtCore import QElapsedTimer, Qt, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from sd3desk.gallery import GalleryIndex
-    from sd3desk.store import Store
+    from sd3desk.core.gallery import GalleryIndex
+    from sd3desk.core.store import Store
     from sd3desk.ui.gallery_model import GalleryModel
     from sd3desk.ui.gallery_panel import GalleryPanel
     from sd3desk.ui.thumbnails import ThumbnailLoader

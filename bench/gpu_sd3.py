@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from common import bare_pipe_call
 
+from sd3desk.core.params import GenerationParams, ModelFamily
+from sd3desk.core.settings import Device
 from sd3desk.inference.devices import Placement, ResolvedPlan, pick_device, place_pipeline
 from sd3desk.inference.engine import Engine
 from sd3desk.inference.models import ModelKind, ModelSource, bundled_config_dir
-from sd3desk.params import GenerationParams, ModelFamily
-from sd3desk.settings import Device
 
 GIB = 2**30
 

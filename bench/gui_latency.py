@@ -33,10 +33,10 @@ def main() -> None:
 
     from PySide6.QtCore import QCoreApplication, QElapsedTimer, Qt, QTimer
 
+    from sd3desk.core.jobs import JobQueue
+    from sd3desk.core.settings import Device
+    from sd3desk.core.store import Store
     from sd3desk.inference.worker import QueueRunner, Worker, WorkerConfig, default_engine_factory
-    from sd3desk.jobs import JobQueue
-    from sd3desk.settings import Device
-    from sd3desk.store import Store
 
     work = Path(tempfile.mkdtemp())
     requests = lighthouse_requests(folder, args.jobs, args.steps)
@@ -44,7 +44,7 @@ def main() -> None:
         import json
 
         from sd3desk.app import create_window
-        from sd3desk.jobs import JobState
+        from sd3desk.core.jobs import JobState
 
         (work / "settings.json").write_text(json.dumps({"device": "cpu"}))
         window = create_window(["--data-dir", str(work), "--model", folder])

@@ -38,9 +38,9 @@ def child(reference: str) -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
+    from sd3desk.core.settings import Device
     from sd3desk.inference.engine import Engine
     from sd3desk.inference.models import resolve_model
-    from sd3desk.settings import Device
 
     source = resolve_model(reference)
     engine = Engine(Device.cpu, cache_dir=Path(tempfile.mkdtemp()))

@@ -7,10 +7,10 @@ import itertools
 
 from common import interleaved_medians, model_dir
 
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.settings import Device
 from sd3desk.inference.engine import Engine
 from sd3desk.inference.models import resolve_model
-from sd3desk.params import GenerationParams
-from sd3desk.settings import Device
 
 
 def main() -> None:

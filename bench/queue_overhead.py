@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import lighthouse_requests, model_dir
 
-from sd3desk.settings import Device
+from sd3desk.core.settings import Device
 
 
 def in_thread(fn):
@@ -38,13 +38,13 @@ def main() -> None:
 
     from PySide6.QtCore import QCoreApplication
 
+    from sd3desk.core.jobs import JobQueue
+    from sd3desk.core.metadata import ImageMetadata
+    from sd3desk.core.outputs import save_generated
+    from sd3desk.core.store import Store
     from sd3desk.inference.engine import Engine
     from sd3desk.inference.models import resolve_model
     from sd3desk.inference.worker import QueueRunner, Worker, WorkerConfig
-    from sd3desk.jobs import JobQueue
-    from sd3desk.metadata import ImageMetadata
-    from sd3desk.outputs import save_generated
-    from sd3desk.store import Store
 
     app = QCoreApplication([])
     work = Path(tempfile.mkdtemp())

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import common  # noqa: F401 - puts the project on sys.path
 
-from sd3desk.jobs import JobQueue
-from sd3desk.params import GenerationParams
-from sd3desk.store import Store
+from sd3desk.core.jobs import JobQueue
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.store import Store
 
 
 def main() -> None:

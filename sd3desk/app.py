@@ -18,10 +18,10 @@ from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtWidgets import QApplication
 
 from sd3desk import __version__
-from sd3desk.jobs import JobQueue
-from sd3desk.outputs import sweep_stale_temp_files
-from sd3desk.settings import AppPaths, Settings, load_settings, save_settings
-from sd3desk.store import Store
+from sd3desk.core.jobs import JobQueue
+from sd3desk.core.outputs import sweep_stale_temp_files
+from sd3desk.core.settings import AppPaths, Settings, load_settings, save_settings
+from sd3desk.core.store import Store
 from sd3desk.ui.main_window import MainWindow, Services
 from sd3desk.ui.model_catalog import ModelCatalog, ModelEntry
 from sd3desk.ui.notices import NoticeLog, diagnostics
@@ -159,7 +159,7 @@ class Controller:
         self.window.attach_gallery(self._make_gallery())
 
     def _make_gallery(self):
-        from sd3desk.gallery import GalleryIndex
+        from sd3desk.core.gallery import GalleryIndex
         from sd3desk.ui.gallery_model import GalleryModel
         from sd3desk.ui.gallery_panel import GalleryPanel
         from sd3desk.ui.gallery_scanner import GalleryScanner

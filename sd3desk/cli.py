@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from sd3desk import __version__
-from sd3desk.errors import (
+from sd3desk.core.errors import (
     FieldError,
     InvalidParamsError,
     ModelError,
     SD3DeskError,
 )
-from sd3desk.params import (
+from sd3desk.core.params import (
     SEED_MAX,
     SIZE_PRESETS,
     GenerationParams,
@@ -24,7 +24,7 @@ from sd3desk.params import (
     defaults_for,
     size_for_aspect,
 )
-from sd3desk.settings import AppPaths, Device, MemoryPlan, load_settings
+from sd3desk.core.settings import AppPaths, Device, MemoryPlan, load_settings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 log = logging.getLogger("sd3desk")
@@ -307,9 +307,9 @@ def _self_test(args: argparse.Namespace, paths: AppPaths) -> int:
 
 def _generate(args: argparse.Namespace, paths: AppPaths) -> int:
     """Generate through the same queue runner and worker as the window, on a queue in memory."""
+    from sd3desk.core.jobs import JobQueue
+    from sd3desk.core.store import Store
     from sd3desk.headless import TerminalProgress, run_queue
-    from sd3desk.jobs import JobQueue
-    from sd3desk.store import Store
 
     jobs = _jobs_from_args(args, paths)
     queue = JobQueue(Store(":memory:"))
@@ -325,8 +325,8 @@ def _generate(args: argparse.Namespace, paths: AppPaths) -> int:
 
 
 def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
-    from sd3desk.jobs import JobQueue
-    from sd3desk.store import Store
+    from sd3desk.core.jobs import JobQueue
+    from sd3desk.core.store import Store
 
     queue = JobQueue(Store(paths.data / "sd3desk.db"))
     for notice in queue.notices:
@@ -375,9 +375,9 @@ def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
 
 
 def _models(args: argparse.Namespace, paths: AppPaths) -> int:
+    from sd3desk.core.params import FAMILY_DEFAULTS
     from sd3desk.inference.discovery import default_model_dirs, discover_models
     from sd3desk.inference.models import hub_cache_dir
-    from sd3desk.params import FAMILY_DEFAULTS
 
     settings = load_settings(paths.settings_file)
     dirs = [*args.model_dir, *(Path(d) for d in settings.model_dirs), *default_model_dirs()]

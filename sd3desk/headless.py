@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from sd3desk.jobs import JobQueue, JobState
+from sd3desk.core.jobs import JobQueue, JobState
 
 MESSAGE_EXIT = {"invalid": 2, "model": 3}
 
@@ -97,8 +97,8 @@ def run_queue(
     """
     from PySide6.QtCore import QCoreApplication, QTimer
 
+    from sd3desk.core.outputs import sweep_stale_temp_files
     from sd3desk.inference.worker import QueueRunner, Worker, default_engine_factory
-    from sd3desk.outputs import sweep_stale_temp_files
 
     sweep_stale_temp_files(config.out_dir)
     app = QCoreApplication.instance() or QCoreApplication([])

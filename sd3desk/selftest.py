@@ -112,7 +112,7 @@ def run_self_test(device: str = "auto", work: Path | None = None) -> dict[str, A
 def _run(check: Check, report: dict[str, Any], device: str, root: Path) -> None:
     from PySide6.QtWidgets import QApplication
 
-    from sd3desk.settings import Device
+    from sd3desk.core.settings import Device
 
     wanted = Device(device)
     # 1. Qt and the window (the platform plugin, widgets, the composition root)
@@ -163,11 +163,11 @@ def _write_models(folder: Path) -> tuple[Path, Path]:
 
 
 def _generate(root: Path, device: Any, models: list[Path]) -> list[str]:
+    from sd3desk.core.jobs import JobQueue
+    from sd3desk.core.params import GenerationParams
+    from sd3desk.core.store import Store
     from sd3desk.headless import run_queue
     from sd3desk.inference.worker import WorkerConfig
-    from sd3desk.jobs import JobQueue
-    from sd3desk.params import GenerationParams
-    from sd3desk.store import Store
 
     queue = JobQueue(Store(":memory:"))
     for model in models:
@@ -188,7 +188,7 @@ def _generate(root: Path, device: Any, models: list[Path]) -> list[str]:
 
 
 def _check_metadata(outputs: list[str], models: list[str]) -> None:
-    from sd3desk.metadata import read_metadata
+    from sd3desk.core.metadata import read_metadata
 
     for path, model in zip(outputs, models, strict=True):
         params = read_metadata(path).params

@@ -12,8 +12,8 @@ from pathlib import Path
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QSplitter
 
-from sd3desk.gallery import GalleryIndex
-from sd3desk.store import Store
+from sd3desk.core.gallery import GalleryIndex
+from sd3desk.core.store import Store
 from sd3desk.ui.gallery_model import ROW_ROLE, GalleryModel
 from sd3desk.ui.gallery_panel import GalleryPanel
 from sd3desk.ui.thumbnails import ThumbnailLoader

@@ -15,7 +15,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from sd3desk.app import create_window
-from sd3desk.jobs import JobState
+from sd3desk.core.jobs import JobState
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sd3desk.errors import SD3DeskError
-from sd3desk.settings import Device, MemoryPlan
+from sd3desk.core.errors import SD3DeskError
+from sd3desk.core.settings import Device, MemoryPlan
 
 GIB = 1024**3
 # Room left for activations, attention and the VAE decode at about one megapixel.

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from sd3desk.errors import ModelError
+from sd3desk.core.errors import ModelError
 from sd3desk.inference.models import (
     SD3_PIPELINE,
     ModelKind,

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from sd3desk.errors import (
+from sd3desk.core.errors import (
     FieldError,
     GenerationCancelled,
     InvalidParamsError,
@@ -20,6 +20,10 @@ from sd3desk.errors import (
     OutOfMemoryError,
     SD3DeskError,
 )
+from sd3desk.core.metadata import ModelIdentity
+from sd3desk.core.modelhash import model_hash
+from sd3desk.core.params import SEED_MAX, GenerationParams, PromptLength, check
+from sd3desk.core.settings import Device, MemoryPlan
 from sd3desk.inference import loading
 from sd3desk.inference.devices import (
     DeviceInfo,
@@ -36,10 +40,6 @@ from sd3desk.inference.devices import (
 from sd3desk.inference.loading import LoadStage
 from sd3desk.inference.models import ModelSource
 from sd3desk.inference.preview import PreviewQueue, latents_to_rgb, predicted_x0
-from sd3desk.metadata import ModelIdentity
-from sd3desk.modelhash import model_hash
-from sd3desk.params import SEED_MAX, GenerationParams, PromptLength, check
-from sd3desk.settings import Device, MemoryPlan
 
 # Above this many pixels the VAE decodes in tiles, so big images fit in modest VRAM.
 VAE_TILING_PIXELS = 1536 * 1536

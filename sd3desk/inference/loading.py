@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sd3desk.errors import ModelError, RefusedFormatError
+from sd3desk.core.errors import ModelError, RefusedFormatError
+from sd3desk.core.params import ModelFamily
 from sd3desk.inference import testmodel
 from sd3desk.inference.devices import torch_dtype
 from sd3desk.inference.discovery import find_t5_tokenizer, find_text_encoder_donor
@@ -17,7 +18,6 @@ from sd3desk.inference.models import (
     bundled_clip_tokenizer_dir,
     bundled_config_dir,
 )
-from sd3desk.params import ModelFamily
 
 PLACE_STAGE = 7  # stages: tokenizers, CLIP-L, CLIP-G, T5, MMDiT, VAE, placing
 _ENCODER_LABELS = {

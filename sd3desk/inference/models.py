@@ -14,9 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sd3desk.errors import ModelError, RefusedFormatError
+from sd3desk.core.errors import ModelError, RefusedFormatError
+from sd3desk.core.params import FAMILY_DEFAULTS, ModelFamily
 from sd3desk.inference.testmodel import HEADER_KEY, MARKER_FILE
-from sd3desk.params import FAMILY_DEFAULTS, ModelFamily
 
 TEST_MODEL_REFS = ("test", "sd3desk-test")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")

@@ -293,7 +293,7 @@ def write_test_single_file(
     """Write the test model as one .safetensors checkpoint in Stability AI's original layout."""
     from safetensors.torch import save
 
-    from sd3desk.atomic import atomic_write_bytes
+    from sd3desk.core.atomic import atomic_write_bytes
     from sd3desk.inference.checkpoint_layout import to_single_file_state_dict
 
     pipe = build_pipeline(size)

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from sd3desk.errors import (
+from sd3desk.core.errors import (
     GenerationCancelled,
     InvalidParamsError,
     ModelError,
     OutOfMemoryError,
     SD3DeskError,
 )
-from sd3desk.jobs import DONE, Job, JobQueue, JobState, timing_key
-from sd3desk.settings import Device, MemoryPlan
+from sd3desk.core.jobs import DONE, Job, JobQueue, JobState, timing_key
+from sd3desk.core.settings import Device, MemoryPlan
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -256,8 +256,8 @@ class Worker(QObject):
                 self._current = None
 
     def _generate(self, job: Job, cancel: threading.Event) -> JobFinished:
-        from sd3desk.metadata import ImageMetadata
-        from sd3desk.outputs import save_generated
+        from sd3desk.core.metadata import ImageMetadata
+        from sd3desk.core.outputs import save_generated
 
         # 1-2. the engine and the job's model
         engine = self._ensure_model(job.params.model)

@@ -7,7 +7,7 @@ from typing import Any
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt
 
-from sd3desk.gallery import GalleryIndex, ImageRow
+from sd3desk.core.gallery import GalleryIndex, ImageRow
 from sd3desk.ui.thumbnails import ThumbnailLoader
 
 PAGE = 200

@@ -19,8 +19,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from sd3desk.gallery import ImageRow, export_image
-from sd3desk.metadata import ImageMetadata, ModelIdentity, a1111_text
+from sd3desk.core.gallery import ImageRow, export_image
+from sd3desk.core.metadata import ImageMetadata, ModelIdentity, a1111_text
 from sd3desk.ui.gallery_model import ROW_ROLE, GalleryModel
 from sd3desk.ui.thumbnail_delegate import ThumbnailDelegate
 from sd3desk.ui.thumbnails import SIZE
@@ -124,8 +124,8 @@ class GalleryPanel(QWidget):
     def import_file(self, path: str) -> None:
         """Read an image's parameters (ours, A1111/Forge, ComfyUI) and offer them to the form;
         fields with no SD3 meaning are listed, hostile files give a message."""
-        from sd3desk.errors import MetadataError
-        from sd3desk.metadata import read_metadata
+        from sd3desk.core.errors import MetadataError
+        from sd3desk.core.metadata import read_metadata
 
         try:
             meta = read_metadata(path)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
-from sd3desk.gallery import GalleryIndex, ScanResult
-from sd3desk.store import Store
+from sd3desk.core.gallery import GalleryIndex, ScanResult
+from sd3desk.core.store import Store
 
 
 class _Signals(QObject):

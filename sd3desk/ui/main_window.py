@@ -23,11 +23,11 @@ from PySide6.QtWidgets import (
 )
 
 from sd3desk import __version__
-from sd3desk.atomic import atomic_write_bytes
-from sd3desk.errors import InvalidParamsError
-from sd3desk.jobs import DONE, Job, JobQueue, JobState
-from sd3desk.params import FAMILY_DEFAULTS, GenerationParams, defaults_for, validate
-from sd3desk.settings import AppPaths, Settings
+from sd3desk.core.atomic import atomic_write_bytes
+from sd3desk.core.errors import InvalidParamsError
+from sd3desk.core.jobs import DONE, Job, JobQueue, JobState
+from sd3desk.core.params import FAMILY_DEFAULTS, GenerationParams, defaults_for, validate
+from sd3desk.core.settings import AppPaths, Settings
 from sd3desk.ui.generation_view import GenerationView
 from sd3desk.ui.model_catalog import ModelCatalog, ModelEntry
 from sd3desk.ui.notices import Level, Notice, NoticeLog, NoticesDialog
@@ -220,7 +220,7 @@ class MainWindow(QMainWindow):
         params = self.prompt_panel.params()
         errors = validate(params, self._max_side(params.model))
         if not params.model:
-            from sd3desk.errors import FieldError
+            from sd3desk.core.errors import FieldError
 
             errors.insert(0, FieldError("model", "pick a model first (Add… finds or makes one)"))
         if errors:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
-from sd3desk.params import ModelFamily
+from sd3desk.core.params import ModelFamily
 
 TEST_REFERENCE = "test"
 TEST_LABEL = "Test model (random weights: noise)"

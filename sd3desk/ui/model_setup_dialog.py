@@ -26,9 +26,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from sd3desk.downloads import DEFAULT_REPO  # (huggingface_hub itself loads on first use)
-from sd3desk.errors import SD3DeskError
-from sd3desk.settings import AppPaths
+from sd3desk.core.downloads import DEFAULT_REPO  # (huggingface_hub itself loads on first use)
+from sd3desk.core.errors import SD3DeskError
+from sd3desk.core.settings import AppPaths
 from sd3desk.ui.model_catalog import TEST_ENTRY, ModelCatalog, ModelEntry
 
 ERROR_STYLE = "color: #d9534f;"
@@ -46,7 +46,7 @@ class _Relay(QObject):
 class ModelSetupDialog(QDialog):
     """Offers every way to get a model; `model_chosen` carries the reference to select.
 
-    The download runs on a Python thread through sd3desk.downloads; its reports come back
+    The download runs on a Python thread through sd3desk.core.downloads; its reports come back
     through queued signals, and Cancel sets an Event the download checks between chunks.
     """
 
@@ -255,7 +255,7 @@ class ModelSetupDialog(QDialog):
     def _download_thread(
         self, repo: str, token: str | None, with_t5: bool, plan_only: bool, cancel
     ) -> None:
-        from sd3desk import downloads
+        from sd3desk.core import downloads
 
         relay = self._relay
         try:

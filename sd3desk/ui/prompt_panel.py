@@ -26,8 +26,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from sd3desk.errors import FieldError
-from sd3desk.params import (
+from sd3desk.core.errors import FieldError
+from sd3desk.core.params import (
     BATCH_MAX,
     BATCH_MIN,
     GUIDANCE_MAX,

@@ -8,7 +8,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QColor
 
-from sd3desk.jobs import DONE, Eta, Job, JobQueue, JobState
+from sd3desk.core.jobs import DONE, Eta, Job, JobQueue, JobState
 
 JOB_ROLE = Qt.ItemDataRole.UserRole + 1
 MIME = "application/x-sd3desk-job-ids"

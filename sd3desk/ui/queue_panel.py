@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from sd3desk.jobs import Job, JobState
+from sd3desk.core.jobs import Job, JobState
 from sd3desk.ui.queue_model import JOB_ROLE, QueueModel
 
 

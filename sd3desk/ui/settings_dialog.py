@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from sd3desk.settings import Device, MemoryPlan, Settings, Theme
+from sd3desk.core.settings import Device, MemoryPlan, Settings, Theme
 
 _PLAN_WORDS = {
     MemoryPlan.auto: "Automatic (by free GPU memory)",

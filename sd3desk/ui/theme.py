@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
 
-from sd3desk.settings import Theme
+from sd3desk.core.settings import Theme
 
 _DARK = {
     QPalette.ColorRole.Window: "#2b2b2e",

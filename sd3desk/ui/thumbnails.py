@@ -10,7 +10,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
-from sd3desk.gallery import make_thumbnail
+from sd3desk.core.gallery import make_thumbnail
 
 SIZE = 192
 MEMORY_ITEMS = 600  # 192 px RGB32 thumbnails: ~90 MB at most

@@ -17,8 +17,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from sd3desk.errors import MetadataError
-from sd3desk.metadata import a1111_text, read_metadata
+from sd3desk.core.errors import MetadataError
+from sd3desk.core.metadata import a1111_text, read_metadata
 
 ZOOM_STEPS = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sd3desk.params import GenerationParams
+from sd3desk.core.params import GenerationParams
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +18,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def engine(tiny_model_dir: Path, cache_dir: Path):
     """An Engine with the tiny folder model loaded on the CPU."""
+    from sd3desk.core.settings import Device
     from sd3desk.inference.engine import Engine
     from sd3desk.inference.models import resolve_model
-    from sd3desk.settings import Device
 
     engine = Engine(Device.cpu, cache_dir=cache_dir)
     engine.load(resolve_model(str(tiny_model_dir)))

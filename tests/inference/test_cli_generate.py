@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sd3desk.metadata import parse_a1111, read_metadata
+from sd3desk.core.metadata import parse_a1111, read_metadata
 
 
 def sd3desk(*args: str, data_dir: Path) -> list[str]:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sd3desk.errors import GenerationCancelled, InvalidParamsError, OutOfMemoryError
-from sd3desk.params import GenerationParams
+from sd3desk.core.errors import GenerationCancelled, InvalidParamsError, OutOfMemoryError
+from sd3desk.core.params import GenerationParams
 from tests.inference.conftest import max_diff
 
 
@@ -240,7 +240,7 @@ def test_prompt_length_per_encoder(engine):
 
 
 def test_loaded_model_identity(engine, tiny_model_dir):
-    from sd3desk.modelhash import model_hash
+    from sd3desk.core.modelhash import model_hash
 
     loaded = engine.loaded
     assert loaded.identity.family == "sd3desk-test"
@@ -251,8 +251,8 @@ def test_loaded_model_identity(engine, tiny_model_dir):
 
 
 def test_metadata_of_results_re_makes_the_image(engine, params, tmp_path):
-    from sd3desk.metadata import ImageMetadata, read_metadata
-    from sd3desk.outputs import save_generated
+    from sd3desk.core.metadata import ImageMetadata, read_metadata
+    from sd3desk.core.outputs import save_generated
 
     result = engine.generate(params.replace(batch_size=2))
     path = save_generated(result.images[1], ImageMetadata(result.params[1], result.model), tmp_path)

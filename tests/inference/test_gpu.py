@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.settings import Device
 from sd3desk.inference.engine import Engine
 from sd3desk.inference.models import resolve_model
-from sd3desk.params import GenerationParams
-from sd3desk.settings import Device
 from tests.inference.conftest import pixels
 
 HAS_MPS = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from sd3desk.jobs import JobQueue, JobState
-from sd3desk.metadata import read_metadata
-from sd3desk.store import Store
+from sd3desk.core.jobs import JobQueue, JobState
+from sd3desk.core.metadata import read_metadata
+from sd3desk.core.store import Store
 
 
 def sd3desk(data_dir: Path, *args: str) -> list[str]:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sd3desk.errors import ModelError, RefusedFormatError, SD3DeskError
+from sd3desk.core.errors import ModelError, RefusedFormatError, SD3DeskError
+from sd3desk.core.params import GenerationParams, ModelFamily
+from sd3desk.core.settings import Device, MemoryPlan
 from sd3desk.inference.discovery import discover_models
 from sd3desk.inference.engine import Engine
 from sd3desk.inference.models import (
@@ -19,8 +21,6 @@ from sd3desk.inference.models import (
     resolve_model,
 )
 from sd3desk.inference.testmodel import write_test_single_file
-from sd3desk.params import GenerationParams, ModelFamily
-from sd3desk.settings import Device, MemoryPlan
 from tests.inference.conftest import max_diff
 
 PARAMS = GenerationParams("a cat", seed=3, steps=3, guidance_scale=4.0, width=256, height=256)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from sd3desk.core.params import ModelFamily
 from sd3desk.inference.models import bundled_config_dir, inspect_folder
 from sd3desk.inference.testmodel import NOTE, write_test_model, write_test_single_file
-from sd3desk.params import ModelFamily
 
 
 def files(folder: Path) -> dict[str, bytes]:

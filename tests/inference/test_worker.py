@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sd3desk.errors import ModelError, OutOfMemoryError
+from sd3desk.core.errors import ModelError, OutOfMemoryError
+from sd3desk.core.jobs import JobQueue, JobState
+from sd3desk.core.metadata import read_metadata
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.settings import Device
+from sd3desk.core.store import Store
 from sd3desk.inference.worker import (
     JobFailed,
     QueueRunner,
@@ -15,11 +20,6 @@ from sd3desk.inference.worker import (
     WorkerConfig,
     default_engine_factory,
 )
-from sd3desk.jobs import JobQueue, JobState
-from sd3desk.metadata import read_metadata
-from sd3desk.params import GenerationParams
-from sd3desk.settings import Device
-from sd3desk.store import Store
 
 TIMEOUT = 60_000
 

@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtGui import QGuiApplication
 
 from sd3desk.app import create_window
-from sd3desk.settings import Device, MemoryPlan, Settings, Theme, load_settings
+from sd3desk.core.settings import Device, MemoryPlan, Settings, Theme, load_settings
 from sd3desk.ui.notices import Level, NoticeLog, NoticesDialog
 from sd3desk.ui.settings_dialog import SettingsDialog
 

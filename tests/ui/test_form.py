@@ -11,7 +11,7 @@ from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from sd3desk.app import create_window
-from sd3desk.params import GenerationParams, ModelFamily
+from sd3desk.core.params import GenerationParams, ModelFamily
 from sd3desk.ui.model_catalog import ModelEntry
 
 LARGE = ModelEntry("SD3.5 Large", "/models/large", ModelFamily.sd35_large)

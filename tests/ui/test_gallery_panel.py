@@ -10,10 +10,10 @@ from PIL import Image
 from PySide6.QtCore import QItemSelectionModel, Qt
 from PySide6.QtGui import QGuiApplication
 
-from sd3desk.gallery import GalleryIndex
-from sd3desk.metadata import ImageMetadata, ModelIdentity, png_info, read_metadata
-from sd3desk.params import GenerationParams
-from sd3desk.store import Store
+from sd3desk.core.gallery import GalleryIndex
+from sd3desk.core.metadata import ImageMetadata, ModelIdentity, png_info, read_metadata
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.store import Store
 from sd3desk.ui.gallery_model import ROW_ROLE, GalleryModel
 from sd3desk.ui.gallery_panel import GalleryPanel
 from sd3desk.ui.thumbnails import ThumbnailLoader

@@ -6,12 +6,12 @@ import numpy as np
 from PIL import Image
 from PySide6.QtCore import QItemSelectionModel
 
-from sd3desk.gallery import GalleryIndex
+from sd3desk.core.gallery import GalleryIndex
+from sd3desk.core.jobs import JobQueue, JobState
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.settings import Device
+from sd3desk.core.store import Store
 from sd3desk.inference.worker import QueueRunner, Worker, WorkerConfig, default_engine_factory
-from sd3desk.jobs import JobQueue, JobState
-from sd3desk.params import GenerationParams
-from sd3desk.settings import Device
-from sd3desk.store import Store
 from sd3desk.ui.gallery_model import GalleryModel
 from sd3desk.ui.gallery_panel import GalleryPanel
 from sd3desk.ui.thumbnails import ThumbnailLoader

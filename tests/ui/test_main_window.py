@@ -14,9 +14,9 @@ from PySide6.QtCore import QItemSelectionModel, Qt
 from PySide6.QtWidgets import QLabel, QWidget
 
 from sd3desk.app import create_window
-from sd3desk.jobs import JobState
-from sd3desk.metadata import read_metadata
-from sd3desk.settings import Theme, load_settings
+from sd3desk.core.jobs import JobState
+from sd3desk.core.metadata import read_metadata
+from sd3desk.core.settings import Theme, load_settings
 
 OBJECT_NAMES = [
     "promptEdit",

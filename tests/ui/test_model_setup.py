@@ -18,10 +18,10 @@ from fakehub import GOOD_TOKEN, SERVED_CHUNK, FakeHub, FakeRepo
 from PySide6.QtCore import Qt, QThreadPool
 from PySide6.QtWidgets import QPushButton
 
-from sd3desk import downloads
-from sd3desk.errors import ModelError
+from sd3desk.core import downloads
+from sd3desk.core.errors import ModelError
+from sd3desk.core.settings import AppPaths
 from sd3desk.inference.models import ModelKind, resolve_model
-from sd3desk.settings import AppPaths
 from sd3desk.ui import model_setup_dialog
 from sd3desk.ui.model_catalog import ModelCatalog
 from sd3desk.ui.model_setup_dialog import ModelSetupDialog

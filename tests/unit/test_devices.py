@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sd3desk.errors import SD3DeskError
+from sd3desk.core.errors import SD3DeskError
+from sd3desk.core.settings import MemoryPlan
 from sd3desk.inference.devices import GIB, DeviceInfo, Placement, resolve_plan
-from sd3desk.settings import MemoryPlan
 
 # SD3 Medium in bf16, from its safetensors headers: MMDiT 4.2 GB, T5 9.5 GB, CLIP-G 1.4 GB, ...
 SIZES = {

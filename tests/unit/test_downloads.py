@@ -20,8 +20,8 @@ from fakehub import (
     FakeHub,
 )
 
-from sd3desk import downloads
-from sd3desk.downloads import DownloadCancelled, DownloadError, download, plan_download
+from sd3desk.core import downloads
+from sd3desk.core.downloads import DownloadCancelled, DownloadError, download, plan_download
 
 # The fake Hub (FakeHub, FakeRepo, the `hub` fixture) lives in tests/fakehub.py.
 

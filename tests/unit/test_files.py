@@ -10,12 +10,19 @@ import os
 import pytest
 from PIL import Image
 
-from sd3desk.atomic import atomic_write_bytes, write_new_file
-from sd3desk.metadata import ImageMetadata, read_metadata
-from sd3desk.modelhash import model_hash
-from sd3desk.outputs import next_sequence, save_generated
-from sd3desk.params import GenerationParams
-from sd3desk.settings import AppPaths, Device, MemoryPlan, Settings, load_settings, save_settings
+from sd3desk.core.atomic import atomic_write_bytes, write_new_file
+from sd3desk.core.metadata import ImageMetadata, read_metadata
+from sd3desk.core.modelhash import model_hash
+from sd3desk.core.outputs import next_sequence, save_generated
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.settings import (
+    AppPaths,
+    Device,
+    MemoryPlan,
+    Settings,
+    load_settings,
+    save_settings,
+)
 
 NOW = dt.datetime(2026, 11, 26, 12, 0)
 
@@ -49,7 +56,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
     with pytest.raises(RuntimeError):
         write_new_file(tmp_path, lambda n: f"{n}.png", explode)
     with pytest.raises(RuntimeError):
-        from sd3desk.atomic import atomic_write
+        from sd3desk.core.atomic import atomic_write
 
         atomic_write(tmp_path / "settings.json", explode)
     assert list(tmp_path.iterdir()) == []
@@ -64,7 +71,7 @@ def test_atomic_write_replaces_whole_file(tmp_path):
 
 
 def test_settings_round_trip_and_tolerance(tmp_path, caplog):
-    caplog.set_level("INFO", logger="sd3desk.settings")
+    caplog.set_level("INFO", logger="sd3desk.core.settings")
     path = tmp_path / "settings.json"
     assert load_settings(path) == Settings()
     settings = Settings(
@@ -123,7 +130,7 @@ def test_stale_temp_files_from_a_killed_process_are_swept(tmp_path):
     for path in (old, fresh, image):
         path.write_bytes(b"x")
     os.utime(old, (1, 1))
-    from sd3desk.outputs import sweep_stale_temp_files
+    from sd3desk.core.outputs import sweep_stale_temp_files
 
     assert sweep_stale_temp_files(tmp_path) == 1
     assert sorted(p.name for p in day.iterdir()) == sorted([fresh.name, image.name])

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
-from sd3desk.gallery import GalleryIndex, make_thumbnail, thumbnail_path
-from sd3desk.metadata import ImageMetadata, ModelIdentity, a1111_text, png_info
-from sd3desk.params import GenerationParams
-from sd3desk.store import Store
+from sd3desk.core.gallery import GalleryIndex, make_thumbnail, thumbnail_path
+from sd3desk.core.metadata import ImageMetadata, ModelIdentity, a1111_text, png_info
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.store import Store
 
 DAY = 1_790_000_000  # a fixed "now" for file times
 

@@ -6,16 +6,16 @@ import subprocess
 import sys
 
 CORE = [
-    "sd3desk.params",
-    "sd3desk.metadata",
-    "sd3desk.settings",
-    "sd3desk.outputs",
-    "sd3desk.modelhash",
+    "sd3desk.core.params",
+    "sd3desk.core.metadata",
+    "sd3desk.core.settings",
+    "sd3desk.core.outputs",
+    "sd3desk.core.modelhash",
     "sd3desk.cli",
     "sd3desk.inference.models",
     "sd3desk.inference.discovery",
-    "sd3desk.jobs",
-    "sd3desk.gallery",
+    "sd3desk.core.jobs",
+    "sd3desk.core.gallery",
     "sd3desk.ui.gallery_panel",
 ]
 

@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from sd3desk.jobs import CRASH_LIMIT, JobQueue, JobState, SeedPolicy, TransitionError
-from sd3desk.params import GenerationParams
-from sd3desk.store import SCHEMA_VERSION, Store
+from sd3desk.core.jobs import CRASH_LIMIT, JobQueue, JobState, SeedPolicy, TransitionError
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.store import SCHEMA_VERSION, Store
 
 P = GenerationParams("a cat", seed=10, steps=20, width=512, height=512, model="m")
 
@@ -153,7 +153,7 @@ def test_eta_uses_measured_speed_and_marks_first_use_estimates(db_path):
 
 
 def test_live_rates_of_the_running_job_replace_guesses_and_old_timings(db_path):
-    from sd3desk.jobs import timing_key
+    from sd3desk.core.jobs import timing_key
 
     queue = open_queue(db_path)
     a = queue.enqueue(P)

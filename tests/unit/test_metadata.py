@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
-from sd3desk.errors import MetadataError
-from sd3desk.metadata import (
+from sd3desk.core.errors import MetadataError
+from sd3desk.core.metadata import (
     ImageMetadata,
     ModelIdentity,
     a1111_text,
@@ -23,7 +23,7 @@ from sd3desk.metadata import (
     png_info,
     read_metadata,
 )
-from sd3desk.params import GenerationParams
+from sd3desk.core.params import GenerationParams
 
 PARAMS = GenerationParams(
     prompt="a cat, on a mat: 50% cute\nsecond line ünïcödé 猫",

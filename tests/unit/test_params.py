@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sd3desk.errors import InvalidParamsError
-from sd3desk.params import (
+from sd3desk.core.errors import InvalidParamsError
+from sd3desk.core.params import (
     FAMILY_DEFAULTS,
     SEED_MAX,
     SIZE_PRESETS,

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sd3desk import __version__
-from sd3desk.errors import InvalidParamsError, MetadataError
-from sd3desk.params import GenerationParams
+from sd3desk.core.errors import InvalidParamsError, MetadataError
+from sd3desk.core.params import GenerationParams
 
 if TYPE_CHECKING:  # Pillow is imported where pixels or EXIF are touched: the window
     from PIL import Image, PngImagePlugin  # starts faster without it

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sd3desk.atomic import write_new_file
-from sd3desk.metadata import ImageMetadata, png_info
+from sd3desk.core.atomic import write_new_file
+from sd3desk.core.metadata import ImageMetadata, png_info
 
 if TYPE_CHECKING:
     from PIL import Image

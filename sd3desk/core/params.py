@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sd3desk.errors import FieldError, InvalidParamsError
+from sd3desk.core.errors import FieldError, InvalidParamsError
 
 SEED_MAX = 2**32 - 1
 SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 256, 2048, 16

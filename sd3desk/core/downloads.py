@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sd3desk.atomic import atomic_write_bytes
-from sd3desk.errors import SD3DeskError
+from sd3desk.core.atomic import atomic_write_bytes
+from sd3desk.core.errors import SD3DeskError
 
 # huggingface_hub is imported inside the functions: importing it costs a noticeable fraction of a
 # second, and the window must open before anything heavy loads.

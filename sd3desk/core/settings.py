@@ -12,7 +12,7 @@ from typing import Any
 
 import platformdirs
 
-from sd3desk.atomic import atomic_write_bytes
+from sd3desk.core.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

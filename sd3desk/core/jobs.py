@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sd3desk.params import SEED_MAX, GenerationParams
-from sd3desk.store import Store
+from sd3desk.core.params import SEED_MAX, GenerationParams
+from sd3desk.core.store import Store
 
 
 class JobState(Enum):

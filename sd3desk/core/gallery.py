@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sd3desk.atomic import atomic_write_bytes
-from sd3desk.errors import MetadataError
-from sd3desk.metadata import read_metadata
-from sd3desk.params import GenerationParams
-from sd3desk.store import Store
+from sd3desk.core.atomic import atomic_write_bytes
+from sd3desk.core.errors import MetadataError
+from sd3desk.core.metadata import read_metadata
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.store import Store
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 BATCH = 500  # rows per transaction while scanning
@@ -311,7 +311,7 @@ def make_thumbnail(image: Path | str, cache_dir: Path, size: int = 256) -> Path:
 def export_image(source: Path | str, target: Path | str) -> Path:
     """Save `source` as PNG, JPEG or WebP (by the target's suffix), keeping its parameters:
     PNG text chunks for PNG, EXIF UserComment (A1111 text) for JPEG and WebP."""
-    from sd3desk.metadata import a1111_text, exif_with_comment, png_info
+    from sd3desk.core.metadata import a1111_text, exif_with_comment, png_info
 
     source, target = Path(source), Path(target)
     formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}

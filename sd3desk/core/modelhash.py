@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sd3desk.atomic import atomic_write_bytes
+from sd3desk.core.atomic import atomic_write_bytes
 
 SHORT = 10
 _BLOB_NAME = re.compile(r"^[0-9a-f]{64}$")
