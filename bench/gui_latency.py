@@ -33,10 +33,11 @@ def main() -> None:
 
     from PySide6.QtCore import QCoreApplication, QElapsedTimer, Qt, QTimer
 
-    from sd3desk.core.jobs import JobQueue
+    from sd3desk.core.jobs import JobQueue, JobState
     from sd3desk.core.settings import Device
     from sd3desk.core.store import Store
-    from sd3desk.inference.worker import QueueRunner, Worker, WorkerConfig, default_engine_factory
+    from sd3desk.runtime.runner import Runner
+    from sd3desk.runtime.worker import Worker, WorkerConfig, default_engine_factory
 
     work = Path(tempfile.mkdtemp())
     requests = lighthouse_requests(folder, args.jobs, args.steps)
@@ -44,51 +45,39 @@ def main() -> None:
         import json
 
         from sd3desk.app import create_window
-        from sd3desk.core.jobs import JobState
 
         (work / "settings.json").write_text(json.dumps({"device": "cpu"}))
         window = create_window(["--data-dir", str(work), "--model", folder])
         window.show()
         app = QCoreApplication.instance()
-        queue = window.controller.queue
+        runner = window.runner
+        done = [0]
 
-        attach = window.attach_runner
+        def on_job(event) -> None:
+            if event.job.state is JobState.finished:
+                done[0] += 1
+                if done[0] == args.jobs:
+                    QTimer.singleShot(200, app.quit)
 
-        def attach_runner(made) -> None:  # the runner is made once the window has shown
-            attach(made)
-            made.job_changed.connect(on_job)
-            made.engine_state_changed.connect(lambda s: phase.__setitem__(0, s.state))
+        runner.job_changed.connect(on_job)
 
-        window.attach_runner = attach_runner
-
-        def enqueue_all() -> None:  # through the form, as a user would
-            if window.controller.runner is None:
-                QTimer.singleShot(50, enqueue_all)
-                return
+        def start_jobs() -> None:  # through the form, as a user would
             panel = window.prompt_panel
             for params in requests:
                 panel.set_params(params)
                 window.generate()
 
-        done = [0]
-
-        def on_job(job) -> None:
-            if job.state is JobState.finished:
-                done[0] += 1
-                if done[0] == args.jobs:
-                    QTimer.singleShot(200, app.quit)
-
-        start_jobs = enqueue_all
     else:
         app = QCoreApplication([])
-        queue = JobQueue(Store(":memory:"))
-        for params in requests:
-            queue.enqueue(params)
+        runner = Runner(JobQueue(Store(":memory:")))
+        runner.enqueue_many(requests)
         config = WorkerConfig(out_dir=work / "out", cache_dir=work, device=Device.cpu)
-        runner = QueueRunner(queue, [Worker(0, config, default_engine_factory)])
         runner.idle.connect(lambda: QTimer.singleShot(200, app.quit))
-        runner.engine_state_changed.connect(lambda s: phase.__setitem__(0, s.state))
-        start_jobs = runner.start
+
+        def start_jobs() -> None:
+            runner.attach_workers([Worker(0, config, default_engine_factory)])
+
+    runner.engine_state_changed.connect(lambda s: phase.__setitem__(0, s.status.value))
     phase = ["idle"]
     lateness: dict[str, list[float]] = {}
     clock = QElapsedTimer()
@@ -109,7 +98,7 @@ def main() -> None:
     start = time.perf_counter()
     app.exec()
     if args.window:
-        window.controller.shutdown()
+        window.session.shutdown()
     else:
         runner.stop()
     print(

@@ -44,7 +44,8 @@ def main() -> None:
     from sd3desk.core.store import Store
     from sd3desk.inference.engine import Engine
     from sd3desk.inference.models import resolve_model
-    from sd3desk.inference.worker import QueueRunner, Worker, WorkerConfig
+    from sd3desk.runtime.runner import Runner
+    from sd3desk.runtime.worker import Worker, WorkerConfig
 
     app = QCoreApplication([])
     work = Path(tempfile.mkdtemp())
@@ -64,14 +65,12 @@ def main() -> None:
         return time.perf_counter() - start
 
     def queued() -> float:
-        queue = JobQueue(Store(":memory:"))
+        runner = Runner(JobQueue(Store(":memory:")))
         config = WorkerConfig(out_dir=work / "queued", cache_dir=work, device=Device.cpu)
-        runner = QueueRunner(queue, [Worker(0, config, lambda _config: engine)])
-        for params in requests:
-            queue.enqueue(params)
+        runner.enqueue_many(requests)
         runner.idle.connect(app.quit)
         start = time.perf_counter()
-        runner.start()
+        runner.attach_workers([Worker(0, config, lambda _config: engine)])
         app.exec()
         elapsed = time.perf_counter() - start
         runner.stop()
@@ -85,7 +84,7 @@ def main() -> None:
     best = {k: min(v) for k, v in times.items()}
     print(f"{args.jobs} jobs, small random SD3, 256x256, {args.steps} steps, cpu")
     print(f"direct Engine.generate + save: {best['direct']:.2f} s")
-    print(f"queue + QThread worker:        {best['queued']:.2f} s")
+    print(f"runner + QThread worker:       {best['queued']:.2f} s")
     print(f"ratio queued/direct: {best['queued'] / best['direct']:.3f}  (target <= 1.05)")
 
 

@@ -13,6 +13,10 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+# What the bundled Qt loads from the system, by soname, and the packages that provide it: one
+# table, shared with the window's own check at start.
+from sd3desk.qt_platform import SONAME_PACKAGES
+
 PACKAGING = Path(__file__).resolve().parent
 ROOT = PACKAGING.parent
 ICONS = ROOT / "sd3desk" / "resources" / "icons"
@@ -20,47 +24,6 @@ DESKTOP_FILE = PACKAGING / "linux" / "sd3desk.desktop"
 INSTALL_DIR = "opt/sd3desk"
 ICON_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
 
-# What the Qt libraries in the bundle load from the system: the xcb platform plugin's X11/xcb
-# libraries, EGL/GL, fontconfig/freetype, D-Bus and GLib (Qt's "X11 requirements"). The keys are
-# the sonames those libraries ask for (tests/unit/test_packaging.py reads them from the ELF
-# files), the values the Debian/Ubuntu packages that provide them.
-SONAME_PACKAGES = {
-    "libX11.so.6": "libx11-6",
-    "libX11-xcb.so.1": "libx11-xcb1",
-    "libxcb.so.1": "libxcb1",
-    "libxcb-cursor.so.0": "libxcb-cursor0",
-    "libxcb-glx.so.0": "libxcb-glx0",
-    "libxcb-icccm.so.4": "libxcb-icccm4",
-    "libxcb-image.so.0": "libxcb-image0",
-    "libxcb-keysyms.so.1": "libxcb-keysyms1",
-    "libxcb-randr.so.0": "libxcb-randr0",
-    "libxcb-render.so.0": "libxcb-render0",
-    "libxcb-render-util.so.0": "libxcb-render-util0",
-    "libxcb-shape.so.0": "libxcb-shape0",
-    "libxcb-shm.so.0": "libxcb-shm0",
-    "libxcb-sync.so.1": "libxcb-sync1",
-    "libxcb-util.so.1": "libxcb-util1",
-    "libxcb-xfixes.so.0": "libxcb-xfixes0",
-    "libxcb-xinerama.so.0": "libxcb-xinerama0",
-    "libxcb-xinput.so.0": "libxcb-xinput0",
-    "libxcb-xkb.so.1": "libxcb-xkb1",
-    "libxkbcommon.so.0": "libxkbcommon0",
-    "libxkbcommon-x11.so.0": "libxkbcommon-x11-0",
-    "libSM.so.6": "libsm6",
-    "libICE.so.6": "libice6",
-    "libEGL.so.1": "libegl1",
-    "libGL.so.1": "libgl1",
-    "libOpenGL.so.0": "libopengl0",
-    "libGLX.so.0": "libglx0",
-    "libfontconfig.so.1": "libfontconfig1",
-    "libfreetype.so.6": "libfreetype6",
-    "libdbus-1.so.3": "libdbus-1-3",
-    "libglib-2.0.so.0": "libglib2.0-0t64 | libglib2.0-0",
-    "libgthread-2.0.so.0": "libglib2.0-0t64 | libglib2.0-0",
-    "libgobject-2.0.so.0": "libglib2.0-0t64 | libglib2.0-0",
-    "libz.so.1": "zlib1g",
-    "libzstd.so.1": "libzstd1",
-}
 # The C/C++ runtime: always there, and versioned by the bundle's build system (manylinux).
 BASE_SONAMES = {
     "libc.so.6",

@@ -1,8 +1,11 @@
-"""The `sd3desk` command line: generate, models, make-test-model. Imports torch only when needed."""
+"""The `sd3desk` command line, and the one argument parser of every front door: no command opens
+the window; `generate`, `queue`, `models`, `make-test-model` and `self-test` work in a terminal.
+Imports torch only when a command needs it."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -11,6 +14,7 @@ from typing import Any
 
 from sd3desk import __version__
 from sd3desk.core.errors import (
+    ExitCode,
     FieldError,
     InvalidParamsError,
     ModelError,
@@ -24,9 +28,8 @@ from sd3desk.core.params import (
     defaults_for,
     size_for_aspect,
 )
-from sd3desk.core.settings import AppPaths, Device, MemoryPlan, load_settings
+from sd3desk.core.settings import AppPaths, Device, MemoryPlan, Settings, load_settings
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 log = logging.getLogger("sd3desk")
 
 
@@ -35,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> Any:
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(ExitCode.usage, f"{self.prog}: error: {message}\n")
 
 
 def _seed(text: str) -> int | None:
@@ -182,10 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # the window; it sets up its own log file
         from sd3desk.app import main as run_window
 
-        window_args = ["--model", args.window_model] if args.window_model else []
-        if args.data_dir is not None:
-            window_args += ["--data-dir", str(args.data_dir)]
-        return run_window(window_args + (["--verbose"] if args.verbose else []))
+        return run_window(args)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -203,16 +203,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidParamsError as exc:
         for error in exc.errors:
             print(f"sd3desk {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.usage
     except ModelError as exc:
         _print_error(exc, args.verbose)
-        return EXIT_MODEL
+        return ExitCode.model
     except KeyboardInterrupt:
         print("\ninterrupted; no partial files were written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.interrupted
     except SD3DeskError as exc:
         _print_error(exc, args.verbose)
-        return EXIT_ERROR
+        return ExitCode.error
 
 
 def _print_error(exc: SD3DeskError, verbose: bool) -> None:
@@ -275,28 +275,23 @@ def _jobs_from_args(args: argparse.Namespace, paths: AppPaths) -> list[Generatio
     return jobs
 
 
-def _worker_config(args: argparse.Namespace, paths: AppPaths) -> Any:
-    from sd3desk.inference.discovery import default_model_dirs
-    from sd3desk.inference.worker import WorkerConfig
-
+def _settings(args: argparse.Namespace, paths: AppPaths, **changes: Any) -> Settings:
+    """The saved settings with this command's --device, --memory and --out applied."""
     settings = load_settings(paths.settings_file)
-    return WorkerConfig(
-        out_dir=args.out or Path(settings.output_dir or paths.outputs),
-        cache_dir=paths.cache,
-        device=Device(args.device) if args.device else settings.device,
-        memory_plan=MemoryPlan(args.memory) if args.memory else settings.memory_plan,
-        model_dirs=tuple(Path(d) for d in settings.model_dirs) + tuple(default_model_dirs()),
-    )
+    if getattr(args, "device", None):
+        changes["device"] = Device(args.device)
+    if getattr(args, "memory", None):
+        changes["memory_plan"] = MemoryPlan(args.memory)
+    if getattr(args, "out", None):
+        changes["output_dir"] = str(args.out)
+    return dataclasses.replace(settings, **changes)
 
 
 def _report(outcome: Any) -> int:
-    for failure in outcome.failures:
-        print(f"error: {failure.message}", file=sys.stderr)
-        if failure.advice:
-            print(f"  {failure.advice}", file=sys.stderr)
+    """Failures were printed as they happened (as notices); the exit code says the kind."""
     if outcome.interrupted:
         print("interrupted; no partial files were written", file=sys.stderr)
-    return int(outcome.exit_code())
+    return outcome.exit_code()
 
 
 def _self_test(args: argparse.Namespace, paths: AppPaths) -> int:
@@ -306,68 +301,57 @@ def _self_test(args: argparse.Namespace, paths: AppPaths) -> int:
 
 
 def _generate(args: argparse.Namespace, paths: AppPaths) -> int:
-    """Generate through the same queue runner and worker as the window, on a queue in memory."""
-    from sd3desk.core.jobs import JobQueue
-    from sd3desk.core.store import Store
+    """Generate through the same runner and worker as the window, on a queue in memory."""
     from sd3desk.headless import TerminalProgress, run_queue
+    from sd3desk.runtime.runtime import IN_MEMORY, build_runtime
 
     jobs = _jobs_from_args(args, paths)
-    queue = JobQueue(Store(":memory:"))
-    for params in jobs:
-        queue.enqueue(params)
-    outcome = run_queue(
-        queue,
-        _worker_config(args, paths),
-        stop_on_failure=True,
-        progress=TerminalProgress(sys.stderr),
-    )
+    # one worker: image k of --count lands as the k-th file, whatever the number of GPUs
+    runtime = build_runtime(paths, _settings(args, paths, gpu_workers=1), database=IN_MEMORY)
+    runtime.runner.enqueue_many(jobs)
+    outcome = run_queue(runtime, stop_on_failure=True, progress=TerminalProgress(sys.stderr))
     return _report(outcome)
 
 
 def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
-    from sd3desk.core.jobs import JobQueue
-    from sd3desk.core.store import Store
+    from sd3desk.headless import TerminalProgress
+    from sd3desk.runtime.runtime import build_runtime
 
-    queue = JobQueue(Store(paths.data / "sd3desk.db"))
-    for notice in queue.notices:
-        print(f"note: {notice}", file=sys.stderr)
+    progress = TerminalProgress(sys.stderr)
+    runtime = build_runtime(paths, _settings(args, paths))
+    for notice in runtime.notices.notices:  # what opening the queue found (crash recovery)
+        progress.notice(notice)
+    runner = runtime.runner
     if args.action == "add":
-        jobs = _jobs_from_args(args, paths)
-        for params in reversed(jobs) if args.front else jobs:
-            print(f"queued job {queue.enqueue(params, front=args.front).id}")
-        return EXIT_OK
+        for job in runner.enqueue_many(_jobs_from_args(args, paths), front=args.front):
+            print(f"queued job {job.id}")
+        return ExitCode.ok
     if args.action == "list":
-        etas = queue.etas()  # every ETA and place in one pass each, not one query per job
-        places = {job.id: place for place, job in enumerate(queue.queued(), start=1)}
-        for job in queue.jobs():
-            eta = etas.get(job.id)
+        snapshot = runner.snapshot()  # every ETA and place computed once
+        for job in snapshot.jobs:
+            eta = snapshot.etas.get(job.id)
             when = f" · {'~' if eta.estimated else ''}{eta.seconds:.0f} s" if eta else ""
-            where = f" #{places[job.id]}" if job.id in places else ""
+            place = snapshot.places.get(job.id)
+            where = f" #{place}" if place else ""
             print(
                 f"{job.id:5d} {job.state.value:9s}{where}{when} · seed {job.params.seed} · "
                 f"{job.params.width}x{job.params.height} · {job.params.prompt[:60]!r}"
                 + (f" · {job.note}" if job.note else "")
                 + (f" · {job.error_message}" if job.error_message else "")
             )
-        if queue.paused:
+        if snapshot.paused:
             print("the queue is paused")
-        return EXIT_OK
+        return ExitCode.ok
     if args.action in ("pause", "resume"):
-        queue.set_paused(args.action == "pause")
-        print(f"the queue is {'paused' if queue.paused else 'running'}")
-        return EXIT_OK
-    if queue.paused:
+        runner.set_paused(args.action == "pause")
+        print(f"the queue is {'paused' if runner.snapshot().paused else 'running'}")
+        return ExitCode.ok
+    if runner.snapshot().paused:
         print("the queue is paused; nothing runs until 'sd3desk queue resume'", file=sys.stderr)
-        return EXIT_OK
-    from sd3desk.headless import TerminalProgress, run_queue
+        return ExitCode.ok
+    from sd3desk.headless import run_queue
 
-    outcome = run_queue(
-        queue,
-        _worker_config(args, paths),
-        workers=load_settings(paths.settings_file).gpu_workers,
-        stop_on_failure=False,
-        progress=TerminalProgress(sys.stderr),
-    )
+    outcome = run_queue(runtime, stop_on_failure=False, progress=progress)
     return _report(outcome)
 
 
@@ -396,7 +380,7 @@ def _models(args: argparse.Namespace, paths: AppPaths) -> int:
         )
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.ok
 
 
 def _make_test_model(args: argparse.Namespace, paths: AppPaths) -> int:
@@ -413,4 +397,4 @@ def _make_test_model(args: argparse.Namespace, paths: AppPaths) -> int:
         write_test_model(target, args.size)
     print(target)
     print(NOTE, file=sys.stderr)
-    return EXIT_OK
+    return ExitCode.ok

@@ -1,18 +1,27 @@
-"""Run queued jobs without a window: a QCoreApplication, the real queue runner and worker, and
-progress on a terminal. Used by `sd3desk generate` and `sd3desk queue run`."""
+"""Run queued jobs without a window: the runtime's runner and workers under a QCoreApplication,
+with progress on a terminal. Used by `sd3desk generate` and `sd3desk queue run`."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from sd3desk.core.jobs import JobQueue, JobState
+from sd3desk.core.errors import ExitCode
+from sd3desk.core.jobs import FailureKind, Job, JobState
+from sd3desk.runtime.events import (
+    EngineState,
+    EngineStatus,
+    JobChanged,
+    Level,
+    Notice,
+    StepProgress,
+)
+from sd3desk.runtime.runtime import Runtime
 
-MESSAGE_EXIT = {"invalid": 2, "model": 3}
+FAILURE_EXIT = {FailureKind.invalid: ExitCode.usage, FailureKind.model: ExitCode.model}
 
 
 @dataclass
@@ -20,19 +29,20 @@ class RunOutcome:
     """What a headless run did."""
 
     outputs: list[str] = field(default_factory=list)
-    failures: list[Any] = field(default_factory=list)  # JobFailed events
+    failures: list[Job] = field(default_factory=list)  # failed jobs, in the order they failed
     interrupted: bool = False
 
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         if self.interrupted:
-            return 130
+            return ExitCode.interrupted
         if self.failures:
-            return MESSAGE_EXIT.get(self.failures[0].kind, 1)
-        return 0
+            kind = self.failures[0].error_kind
+            return FAILURE_EXIT.get(kind, ExitCode.error) if kind else ExitCode.error
+        return ExitCode.ok
 
 
 class TerminalProgress:
-    """Stage lines and a one-line step bar on a stream (redrawn in place on a terminal)."""
+    """Stage lines, notices and a one-line step bar on a stream (redrawn in place on a tty)."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
@@ -48,23 +58,24 @@ class TerminalProgress:
         if self.tty:
             print("\r\033[K", end="", file=self.stream, flush=True)
 
-    def engine(self, state: Any) -> None:
-        if state.state == "loading":
+    def engine(self, state: EngineState) -> None:
+        if state.status is EngineStatus.loading:
             self.note(f"[{state.stage}/{state.stages}] {state.text}")
-        elif state.state == "ready" and state.text != self.model:  # once per model loaded
+        elif state.status is EngineStatus.ready and state.text != self.model:  # once per model
             self.model = state.text
-            self.note("model: " + state.text.removeprefix("Ready: "))
-            for notice in state.notices:
-                self.note(f"note: {notice}")
-        elif state.state == "generating":
-            for notice in state.notices:
-                self.note(f"warning: {notice}")
+            self.note(f"model: {state.text}")
 
-    def job(self, job: Any, position: int, total: int) -> None:
+    def notice(self, notice: Notice) -> None:
+        prefix = {Level.info: "note", Level.warning: "warning", Level.error: "error"}
+        self.note(f"{prefix[notice.level]}: {notice.message}")
+        if notice.advice:
+            self.note(f"  {notice.advice}")
+
+    def job(self, job: Job, position: int, total: int) -> None:
         seed = job.params.seed
         self.prefix = f"job {position}/{total} (seed {seed})" if total > 1 else f"seed {seed}"
 
-    def step(self, info: Any) -> None:
+    def step(self, info: StepProgress) -> None:
         width = 24
         done = round(width * info.step / info.total)
         rate = info.elapsed_s / info.step
@@ -80,44 +91,29 @@ class TerminalProgress:
 
 
 def run_queue(
-    queue: JobQueue,
-    config: Any,
+    runtime: Runtime,
     *,
-    workers: int = 1,
     stop_on_failure: bool,
     progress: TerminalProgress | None = None,
-    engine_factory: Any = None,
     out: TextIO = sys.stdout,
 ) -> RunOutcome:
-    """Drain `queue` with `workers` workers (one per CUDA device); print each image's path to
-    `out` as it lands.
+    """Start the runtime's workers and drain its queue; print each image's path to `out` as it
+    lands. Notices (failures included, with advice) go to `progress`.
 
     Ctrl+C stops the running job within one step and puts it back at the front of the queue (an
-    in-memory queue simply ends); a second Ctrl+C quits at once. Returns when nothing is left.
+    in-memory queue simply ends); a second Ctrl+C quits at once. Returns when nothing is left;
+    the runtime is stopped then.
     """
     from PySide6.QtCore import QCoreApplication, QTimer
 
-    from sd3desk.core.outputs import sweep_stale_temp_files
-    from sd3desk.inference.worker import QueueRunner, Worker, default_engine_factory
-
-    sweep_stale_temp_files(config.out_dir)
     app = QCoreApplication.instance() or QCoreApplication([])
-    runner = QueueRunner(
-        queue,
-        [
-            Worker(
-                i,
-                dataclasses.replace(config, device_index=i),
-                engine_factory or default_engine_factory,
-            )
-            for i in range(workers)
-        ],
-    )
+    runner = runtime.runner
     outcome = RunOutcome()
-    total = len(queue.queued())
+    total = len(runner.snapshot().waiting)
     started: list[int] = []
 
-    def on_job(job: Any) -> None:
+    def on_job_changed(event: JobChanged) -> None:
+        job = event.job
         if job.state is JobState.running and job.id not in started:
             started.append(job.id)
             if progress:
@@ -128,24 +124,23 @@ def run_queue(
             for path in job.outputs:
                 print(path, file=out, flush=True)
             outcome.outputs += job.outputs
-
-    def on_failed(event: Any) -> None:
-        outcome.failures.append(event)
-        if stop_on_failure:
-            runner.halt()
+        elif job.state is JobState.failed:
+            outcome.failures.append(job)
+            if stop_on_failure:
+                runner.halt()
 
     def on_interrupt(*_: Any) -> None:
         if outcome.interrupted:
-            os._exit(130)  # second Ctrl+C; writes are atomic, so nothing is left half-written
+            os._exit(ExitCode.interrupted)  # second Ctrl+C; writes are atomic: nothing partial
         outcome.interrupted = True
         if progress:
             progress.note("stopping after this step… (Ctrl+C again to quit at once)")
         runner.halt()
 
-    runner.job_changed.connect(on_job)
-    runner.job_failed.connect(on_failed)
+    runner.job_changed.connect(on_job_changed)
     runner.idle.connect(app.quit)
     if progress:
+        runtime.notices.added.connect(progress.notice)
         runner.engine_state_changed.connect(progress.engine)
         runner.step_progressed.connect(progress.step)
     previous = signal.signal(signal.SIGINT, on_interrupt)
@@ -153,10 +148,10 @@ def run_queue(
     ticker.start(100)  # gives Python a chance to run the Ctrl+C handler during Qt's loop
     ticker.timeout.connect(lambda: None)
     try:
-        QTimer.singleShot(0, runner.start)
+        QTimer.singleShot(0, runtime.start_workers)
         app.exec()
     finally:
         ticker.stop()
         signal.signal(signal.SIGINT, previous)
-        runner.stop()
+        runtime.stop()
     return outcome

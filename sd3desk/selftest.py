@@ -138,7 +138,7 @@ def _build_window(data_dir: Path) -> None:
 
     names = ("promptEdit", "generateButton", "queueView", "previewView")
     missing = [n for n in names if window.findChild(QWidget, n) is None]
-    window.controller.shutdown()
+    window.session.shutdown()
     window.close()
     window.deleteLater()
     if missing:
@@ -163,25 +163,26 @@ def _write_models(folder: Path) -> tuple[Path, Path]:
 
 
 def _generate(root: Path, device: Any, models: list[Path]) -> list[str]:
-    from sd3desk.core.jobs import JobQueue
     from sd3desk.core.params import GenerationParams
-    from sd3desk.core.store import Store
+    from sd3desk.core.settings import AppPaths, Settings
     from sd3desk.headless import run_queue
-    from sd3desk.inference.worker import WorkerConfig
+    from sd3desk.runtime.runtime import IN_MEMORY, build_runtime
 
-    queue = JobQueue(Store(":memory:"))
-    for model in models:
-        queue.enqueue(
+    settings = Settings(device=device, output_dir=str(root / "outputs"))
+    runtime = build_runtime(AppPaths.default(root / "run"), settings, database=IN_MEMORY)
+    runtime.runner.enqueue_many(
+        [
             GenerationParams(
                 PROMPT, seed=7, steps=2, guidance_scale=4.0, width=256, height=256, model=str(model)
             )
-        )
-    config = WorkerConfig(out_dir=root / "outputs", cache_dir=root / "cache", device=device)
+            for model in models
+        ]
+    )
     with open(os.devnull, "w") as quiet:
-        outcome = run_queue(queue, config, stop_on_failure=True, out=quiet)
+        outcome = run_queue(runtime, stop_on_failure=True, out=quiet)
     if outcome.failures:
         failure = outcome.failures[0]
-        raise RuntimeError(f"{failure.message} ({failure.advice})")
+        raise RuntimeError(f"{failure.error_message} ({failure.error_advice})")
     if len(outcome.outputs) != len(models):
         raise RuntimeError(f"expected {len(models)} images, got {len(outcome.outputs)}")
     return outcome.outputs

@@ -32,3 +32,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sd3desk.inference.testmodel import write_test_model
 
     return write_test_model(tmp_path_factory.mktemp("models") / "tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder (model hashes, the built test model) for the whole session."""
+    return tmp_path_factory.mktemp("sd3desk-cache")

@@ -40,22 +40,22 @@ def main() -> None:
             state["generating"] = True
             shot("generating")
 
-    def on_job(job) -> None:
-        done = [j for j in window.controller.queue.jobs() if j.state is JobState.finished]
+    def on_job(_event) -> None:
+        done = [j for j in window.runner.snapshot().jobs if j.state is JobState.finished]
         if len(done) == 4:
             QTimer.singleShot(1500, finish)
 
     def queue_jobs() -> None:
         shot("empty")
-        window.controller.runner.step_progressed.connect(on_step)  # made once the window showed
-        window.controller.runner.job_changed.connect(on_job)
-        window.controller.open_model_setup()
+        window.runner.step_progressed.connect(on_step)
+        window.runner.job_changed.connect(on_job)
+        window.open_model_setup()
         dialog = window.setup_dialog
         dialog.grab().save(str(shots / f"{theme}-models-dialog.png"))
         dialog.reject()
         from sd3desk.ui.settings_dialog import SettingsDialog
 
-        settings = SettingsDialog(window.controller.settings, "~/Pictures/sd3desk", window)
+        settings = SettingsDialog(window.session.settings, "~/Pictures/sd3desk", window)
         settings.show()
         settings.grab().save(str(shots / f"{theme}-settings-dialog.png"))
         settings.reject()
@@ -77,7 +77,7 @@ def main() -> None:
 
     QTimer.singleShot(1500, queue_jobs)
     app.exec()
-    window.controller.shutdown()
+    window.session.shutdown()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What every sd3desk command (and the window) exits with."""
+
+    ok = 0
+    error = 1  # a job or a check failed; the message says why
+    usage = 2  # invalid arguments: the message names the field and its range; nothing written
+    model = 3  # the model cannot be found, read or loaded
+    interrupted = 130  # Ctrl+C: no partial files were written
 
 
 class SD3DeskError(Exception):

@@ -6,12 +6,12 @@ import contextlib
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sd3desk.core.params import SEED_MAX, GenerationParams
+from sd3desk.core.params import GenerationParams
 from sd3desk.core.store import Store
 
 
@@ -39,12 +39,14 @@ DONE = frozenset({JobState.finished, JobState.failed, JobState.cancelled})
 CRASH_LIMIT = 2  # a job running during this many app stops is failed, never retried again
 
 
-class SeedPolicy(Enum):
-    """How N variations of one request pick their seeds."""
+class FailureKind(Enum):
+    """Why a job failed; front doors choose exit codes and advice by it, never by its text."""
 
-    fixed = "fixed"  # all the same seed (useful after changing another setting)
-    increment = "increment"  # seed, seed + 1, ...
-    random = "random"  # a fresh random seed each
+    out_of_memory = "out_of_memory"
+    model = "model"  # the model cannot be found, read or loaded
+    invalid = "invalid"  # the request does not fit the model (e.g. its size limit)
+    crash = "crash"  # the app stopped during this job too often
+    error = "error"  # anything else (details in the log)
 
 
 class TransitionError(ValueError):
@@ -63,7 +65,7 @@ class Job:
     ended: float | None = None
     crashes: int = 0  # app stops while this job was running
     note: str = ""  # e.g. "interrupted: the app stopped during this job"
-    error_kind: str = ""
+    error_kind: FailureKind | None = None
     error_message: str = ""
     error_advice: str = ""
     outputs: tuple[str, ...] = ()
@@ -110,7 +112,7 @@ def _job(row: tuple) -> Job:
         ended=ended,
         crashes=crashes,
         note=note,
-        error_kind=kind,
+        error_kind=FailureKind(kind) if kind else None,
         error_message=message,
         error_advice=advice,
         outputs=tuple(json.loads(outputs)),
@@ -132,8 +134,9 @@ class JobQueue:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.db = store.db
-        self.notices: list[str] = list(store.notices)
-        self._recover()
+        # Jobs the last process left running, as recovery left them: queued again (interrupted)
+        # or failed (FailureKind.crash). The runtime turns them into notices.
+        self.recovered: list[Job] = self._recover()
 
     # ------------------------------------------------------------------ persistence helpers
 
@@ -147,29 +150,29 @@ class JobQueue:
             raise
         self.db.execute("COMMIT")
 
-    def _recover(self) -> None:
+    def _recover(self) -> list[Job]:
         """Jobs the last process left running go back to the front, marked interrupted; one that
         was running during CRASH_LIMIT stops is failed so it can never crash-loop the app."""
         running = self._select("WHERE state = 'running' ORDER BY sort_key")
+        recovered: list[Job] = []
         if not running:
-            return
+            return recovered
         front = self._front_key()
         with self._transaction():
             for offset, job in enumerate(reversed(running)):
                 crashes = job.crashes + 1
                 if crashes >= CRASH_LIMIT:
-                    self._update(
+                    job = self._update(
                         job,
                         JobState.failed,
                         crashes=crashes,
                         ended=self.store.clock(),
-                        error_kind="crash",
+                        error_kind=FailureKind.crash,
                         error_message="the app stopped twice during this job",
                         error_advice="check its settings (size, batch) and re-queue it if wanted",
                     )
-                    self.notices.append(f"Job {job.id} failed: the app stopped twice during it.")
                 else:
-                    self._update(
+                    job = self._update(
                         job,
                         JobState.queued,
                         crashes=crashes,
@@ -177,6 +180,8 @@ class JobQueue:
                         sort_key=front - 1 - offset,
                         note="interrupted: the app stopped during this job",
                     )
+                recovered.append(job)
+        return recovered[::-1]
 
     def _select(self, where: str, args: tuple = ()) -> list[Job]:
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs {where}", args).fetchall()
@@ -199,10 +204,7 @@ class JobQueue:
             fields["state"] = state
         if not fields:
             return job
-        columns = {
-            k: (v.value if isinstance(v, Enum) else json.dumps(list(v)) if k == "outputs" else v)
-            for k, v in fields.items()
-        }
+        columns = {k: _column(k, v) for k, v in fields.items()}
         assignments = ", ".join(f"{k} = ?" for k in columns)
         self.db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*columns.values(), job.id))
         return dataclasses.replace(job, **fields)
@@ -228,6 +230,13 @@ class JobQueue:
 
     def running(self) -> list[Job]:
         return self._select("WHERE state = 'running' ORDER BY started")
+
+    def recent_done(self, limit: int) -> list[Job]:
+        """The newest `limit` finished, failed and cancelled jobs, newest first."""
+        return self._select(
+            "WHERE state NOT IN ('running', 'queued') ORDER BY ended DESC, id DESC LIMIT ?",
+            (limit,),
+        )
 
     def position(self, job_id: int) -> int | None:
         """1 for the next job to run; None when the job is not waiting."""
@@ -257,22 +266,13 @@ class JobQueue:
         )
         return self.get(int(cursor.lastrowid or 0))
 
-    def enqueue_variations(
-        self, params: GenerationParams, count: int, policy: SeedPolicy = SeedPolicy.increment
-    ) -> list[Job]:
-        if not 1 <= count <= 1000:
-            raise ValueError("count must be between 1 and 1000")
-        import secrets  # here, not at the top: the window starts faster without it
-
-        base = params.with_concrete_seed()
-        assert base.seed is not None
-        seeds = {
-            SeedPolicy.fixed: lambda k: base.seed,
-            SeedPolicy.increment: lambda k: (base.seed + k * base.batch_size) % (SEED_MAX + 1),
-            SeedPolicy.random: lambda k: base.seed if k == 0 else secrets.randbelow(SEED_MAX + 1),
-        }[policy]
+    def enqueue_many(self, requests: list[GenerationParams], front: bool = False) -> list[Job]:
+        """Add several jobs in one transaction, in the given order (at the front: still in
+        that order, before every waiting job)."""
         with self._transaction():
-            return [self.enqueue(base.replace(seed=seeds(k))) for k in range(count)]
+            if not front:
+                return [self.enqueue(params) for params in requests]
+            return [self.enqueue(params, front=True) for params in reversed(requests)][::-1]
 
     def duplicate(self, job_id: int) -> Job:
         """Queue the same request again, right after the original when it is still waiting."""
@@ -285,40 +285,6 @@ class JobQueue:
         return copy
 
     # ------------------------------------------------------------------ ordering and control
-
-    def move(self, job_id: int, where: str) -> None:
-        """Move a queued job "up", "down" or to the "top"."""
-        queued = self.queued()
-        ids = [j.id for j in queued]
-        if job_id not in ids:
-            raise TransitionError(f"job {job_id} is not waiting, so it cannot be moved")
-        i = ids.index(job_id)
-        if where == "top":
-            if i:
-                self._update(queued[i], sort_key=queued[0].sort_key - 1)
-            return
-        j = {"up": i - 1, "down": i + 1}[where]
-        if 0 <= j < len(queued):
-            with self._transaction():
-                self._update(queued[i], sort_key=queued[j].sort_key)
-                self._update(queued[j], sort_key=queued[i].sort_key)
-
-    def move_to(self, job_id: int, index: int) -> None:
-        """Put a queued job at 0-based `index` among the waiting jobs (drag and drop)."""
-        queued = [j for j in self.queued() if j.id != job_id]
-        job = self.get(job_id)
-        if job.state is not JobState.queued:
-            raise TransitionError(f"job {job_id} is not waiting, so it cannot be moved")
-        index = max(0, min(index, len(queued)))
-        if not queued:
-            return
-        if index == 0:
-            key = queued[0].sort_key - 1
-        elif index == len(queued):
-            key = queued[-1].sort_key + 1
-        else:
-            key = (queued[index - 1].sort_key + queued[index].sort_key) / 2
-        self._update(job, sort_key=key)
 
     def place(self, job_ids: list[int], index: int) -> None:
         """Put waiting jobs, in the given order, at 0-based `index` among the other waiting jobs
@@ -342,9 +308,6 @@ class JobQueue:
         """Pause or resume; remembered across restarts (a paused queue stays paused)."""
         self.store.set_meta("paused", "1" if paused else "0")
 
-    def cancel_queued(self, job_id: int) -> Job:
-        return self._update(self.get(job_id), JobState.cancelled, ended=self.store.clock())
-
     def clear_finished(self) -> int:
         """Forget finished, failed and cancelled jobs (their images stay on disk)."""
         cursor = self.db.execute(
@@ -362,7 +325,7 @@ class JobQueue:
             self.get(job_id), JobState.finished, ended=self.store.clock(), outputs=tuple(outputs)
         )
 
-    def mark_failed(self, job_id: int, kind: str, message: str, advice: str = "") -> Job:
+    def mark_failed(self, job_id: int, kind: FailureKind, message: str, advice: str = "") -> Job:
         return self._update(
             self.get(job_id),
             JobState.failed,
@@ -380,16 +343,18 @@ class JobQueue:
         )
 
     def mark_cancelled(self, job_id: int) -> Job:
+        """A waiting job cancelled by the user, or a running one that stopped on a cancel."""
         return self._update(self.get(job_id), JobState.cancelled, ended=self.store.clock())
 
     # ------------------------------------------------------------------ timing and ETA
 
-    def record_timing(self, params: GenerationParams, seconds_per_step: float) -> None:
-        """Fold one measured job into the rolling seconds-per-step of its model and size."""
+    def record_timing(self, params: GenerationParams, seconds_per_step: float) -> float:
+        """Fold one measured job into the rolling seconds-per-step per image of its model and
+        size; returns the new value."""
         key = timing_key(params)
         per_image = seconds_per_step / max(params.batch_size, 1)
         row = self.db.execute(
-            "SELECT seconds_per_step, samples FROM timings WHERE key = ?", (key,)
+            "SELECT seconds_per_step FROM timings WHERE key = ?", (key,)
         ).fetchone()
         value = per_image if row is None else 0.7 * row[0] + 0.3 * per_image
         self.db.execute(
@@ -397,49 +362,66 @@ class JobQueue:
             "ON CONFLICT(key) DO UPDATE SET seconds_per_step = ?, samples = samples + 1",
             (key, value, value),
         )
+        return value
 
-    def seconds_per_step(self, params: GenerationParams) -> tuple[float, bool]:
-        """Measured seconds per step per image for this model and size; else a marked estimate
-        scaled by pixel count from any measurement of the same model."""
-        row = self.db.execute(
-            "SELECT seconds_per_step FROM timings WHERE key = ?", (timing_key(params),)
-        ).fetchone()
-        if row:
-            return row[0], False
-        megapixels = params.width * params.height / 1e6
-        rows = self.db.execute(
-            "SELECT key, seconds_per_step FROM timings WHERE key LIKE ?", (f"{params.model}|%",)
-        ).fetchall()
-        for key, value in rows:
-            width, height = (int(v) for v in key.rsplit("|", 1)[1].split("x"))
-            return value * megapixels / (width * height / 1e6), True
-        return FIRST_USE_SECONDS_PER_MEGAPIXEL_STEP * megapixels, True
-
-    def eta(self, job_id: int, running_progress: dict[int, int] | None = None) -> Eta | None:
-        """Time until `job_id` is done: the rest of the running jobs plus every job before it."""
-        if self.get(job_id).state in DONE:
-            return None
-        return self.etas(running_progress).get(job_id)
+    def timings(self) -> dict[str, float]:
+        """Every stored seconds-per-step per image, by `timing_key` (a small table)."""
+        return dict(self.db.execute("SELECT key, seconds_per_step FROM timings").fetchall())
 
     def etas(
         self,
         running_progress: dict[int, int] | None = None,
         live_rates: dict[str, float] | None = None,
     ) -> dict[int, Eta]:
-        """The ETA of every running and waiting job, in one pass (for the queue panel).
-        `live_rates` (seconds per step per image by `timing_key`, measured on the running job)
-        take precedence over the stored timings: they are this run's, on this device."""
-        running_progress = running_progress or {}
-        out: dict[int, Eta] = {}
-        total, estimated = 0.0, False
-        rates = {key: (rate, False) for key, rate in (live_rates or {}).items()}
-        for job in [*self.running(), *self.queued()]:
-            key = timing_key(job.params)
-            if key not in rates:
-                rates[key] = self.seconds_per_step(job.params)
-            per_step, guessed = rates[key]
-            steps_left = job.params.steps - running_progress.get(job.id, 0)
-            total += per_step * steps_left * job.params.batch_size
-            estimated = estimated or guessed
-            out[job.id] = Eta(total, estimated)
-        return out
+        """The ETA of every running and waiting job (see `estimate_etas`)."""
+        jobs = [*self.running(), *self.queued()]
+        return estimate_etas(jobs, running_progress or {}, live_rates or {}, self.timings())
+
+
+def _column(name: str, value: Any) -> Any:
+    """A Job field as stored in its SQLite column."""
+    if name == "outputs":
+        return json.dumps(list(value))
+    if isinstance(value, Enum):
+        return value.value
+    return "" if value is None and name == "error_kind" else value
+
+
+def seconds_per_step(params: GenerationParams, timings: Mapping[str, float]) -> tuple[float, bool]:
+    """Measured seconds per step per image for this model and size, and whether it is only an
+    estimate: scaled by pixel count from another size of the same model, or a first-use guess."""
+    key = timing_key(params)
+    if key in timings:
+        return timings[key], False
+    megapixels = params.width * params.height / 1e6
+    prefix = f"{params.model}|"
+    for other, value in timings.items():
+        if other.startswith(prefix):
+            width, height = (int(v) for v in other[len(prefix) :].split("x"))
+            return value * megapixels / (width * height / 1e6), True
+    return FIRST_USE_SECONDS_PER_MEGAPIXEL_STEP * megapixels, True
+
+
+def estimate_etas(
+    jobs: Iterable[Job],
+    running_progress: Mapping[int, int],
+    live_rates: Mapping[str, float],
+    timings: Mapping[str, float],
+) -> dict[int, Eta]:
+    """Seconds until each job is done, for `jobs` in the order they run (running first):
+    the rest of every job before it plus its own steps. `live_rates` (seconds per step per
+    image by `timing_key`, measured on a running job this session) take precedence over the
+    stored `timings`: they are this run's, on this device."""
+    out: dict[int, Eta] = {}
+    total, estimated = 0.0, False
+    rates = {key: (rate, False) for key, rate in live_rates.items()}
+    for job in jobs:
+        key = timing_key(job.params)
+        if key not in rates:
+            rates[key] = seconds_per_step(job.params, timings)
+        per_step, guessed = rates[key]
+        steps_left = job.params.steps - running_progress.get(job.id, 0)
+        total += per_step * steps_left * job.params.batch_size
+        estimated = estimated or guessed
+        out[job.id] = Eta(total, estimated)
+    return out

@@ -104,11 +104,8 @@ class Engine:
         cache_dir: Path | None = None,
         model_dirs: tuple[Path, ...] = (),
         prompt_cache_size: int = 16,
-        preview_mode: str = "x0",
         device_index: int = 0,
     ) -> None:
-        if preview_mode not in ("x0", "latent"):
-            raise ValueError("preview_mode is 'x0' or 'latent'")
         self._requested_device = device
         self._device_index = device_index
         self._cache_dir = cache_dir
@@ -116,13 +113,18 @@ class Engine:
         self._prompt_cache: OrderedDict[tuple, tuple] = OrderedDict()
         self._tokenizer_lock = threading.Lock()
         self._prompt_cache_size = prompt_cache_size
-        self._preview_mode = preview_mode
         self._device: DeviceInfo | None = None
         self._pipe: Any = None
         self._loaded: LoadedModel | None = None
 
     @property
     def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    def loaded_model(self) -> LoadedModel:
+        """The loaded model; raises ModelError before load()."""
+        if self._loaded is None:
+            raise ModelError("no model is loaded", "load a model first")
         return self._loaded
 
     @property
@@ -367,11 +369,10 @@ class Engine:
         return result.images
 
     def _preview_rgb(self, pipe: Any, i: int, current: Any, previous: Any) -> Any:
-        if self._preview_mode == "x0":
-            previous = previous.to(device=current.device, dtype=current.dtype)
-            sigmas = pipe.scheduler.sigmas.to(current.device)
-            current = predicted_x0(current, previous, sigmas[i + 1], sigmas[i])
-        return latents_to_rgb(current[0])
+        """The x0 prediction of this step, as RGB at latent size (see preview.py)."""
+        previous = previous.to(device=current.device, dtype=current.dtype)
+        sigmas = pipe.scheduler.sigmas.to(current.device)
+        return latents_to_rgb(predicted_x0(current, previous, sigmas[i + 1], sigmas[i])[0])
 
     def _require_pipe(self) -> Any:
         if self._pipe is None:

@@ -3,19 +3,18 @@ docked on the right, engine status and notices at the bottom."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QDockWidget,
     QFileDialog,
     QLabel,
     QMainWindow,
+    QMenu,
     QScrollArea,
     QSplitter,
     QToolButton,
@@ -23,64 +22,72 @@ from PySide6.QtWidgets import (
 )
 
 from sd3desk import __version__
-from sd3desk.core.atomic import atomic_write_bytes
 from sd3desk.core.errors import InvalidParamsError
-from sd3desk.core.jobs import DONE, Job, JobQueue, JobState
-from sd3desk.core.params import FAMILY_DEFAULTS, GenerationParams, defaults_for, validate
-from sd3desk.core.settings import AppPaths, Settings
+from sd3desk.core.jobs import DONE, Job, JobState
+from sd3desk.core.metadata import ImageMetadata
+from sd3desk.core.params import GenerationParams
+from sd3desk.core.settings import Settings
+from sd3desk.runtime.catalog import ModelEntry
+from sd3desk.runtime.events import (
+    EngineState,
+    EngineStatus,
+    JobChanged,
+    Level,
+    Notice,
+    QueueChanged,
+    StepProgress,
+)
 from sd3desk.ui.generation_view import GenerationView
-from sd3desk.ui.model_catalog import ModelCatalog, ModelEntry
-from sd3desk.ui.notices import Level, Notice, NoticeLog, NoticesDialog
+from sd3desk.ui.notices_dialog import NoticesDialog
 from sd3desk.ui.prompt_panel import PromptPanel
 from sd3desk.ui.queue_model import QueueModel
 from sd3desk.ui.queue_panel import QueuePanel
+from sd3desk.ui.session import LAYOUT_VERSION, Session
+from sd3desk.ui.theme import Tone, apply_theme, tone_style
 from sd3desk.ui.token_counter import TokenCounter
+from sd3desk.ui.widgets import named
 
-LAYOUT_VERSION = 1
+if TYPE_CHECKING:  # both are imported when first used: the first frame need not wait for them
+    from sd3desk.ui.gallery_panel import GalleryPanel
+    from sd3desk.ui.model_setup_dialog import ModelSetupDialog
 
-
-@dataclass
-class Services:
-    """What the window works with, built by the composition root (sd3desk.app)."""
-
-    paths: AppPaths
-    settings: Settings
-    queue: JobQueue
-    catalog: ModelCatalog
-    notices: NoticeLog
-    diagnostics: Any  # () -> str
-    model_override: str = ""  # --model
-    runner: Any = None  # sd3desk.inference.worker.QueueRunner, from attach_runner()
+LAYOUT_SAVE_DELAY_MS = 2000  # the layout is saved a moment after it changes: survives a crash
 
 
 class MainWindow(QMainWindow):
-    """Wires the panels to the queue runner. Holds no generation logic: requests are validated
-    by core (`params.validate`) and queued through the runner; everything else is shown."""
+    """Lays out the panels, forwards the user's requests to the session and the runtime's
+    runner, and shows the runtime's events. Holds no generation logic.
 
-    settings_changed = Signal(object)  # Settings, after the settings dialog
-    setup_requested = Signal()
+    Thread rule: GUI thread only.
+    """
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, session: Session) -> None:
         super().__init__()
-        self.s = services
+        self.session = session
+        self.runtime = session.runtime
+        self.runner = session.runtime.runner
+        # first: resize and move events during construction restart it
+        self._save_layout_timer = QTimer(self, singleShot=True, interval=LAYOUT_SAVE_DELAY_MS)
+        self._save_layout_timer.timeout.connect(self.save_layout)
         self.setWindowTitle("sd3desk")
         self.setObjectName("mainWindow")
         self.setDockOptions(
             QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks
         )
 
-        # 1. the panels
+        # 1. the panels; the gallery's dock is filled once the window shows (attach_gallery)
         self.prompt_panel = PromptPanel()
         self.generation = GenerationView()
-        self.queue_model = QueueModel(services.queue)
+        self.queue_model = QueueModel(self.runner.snapshot())
         self.queue_panel = QueuePanel(self.queue_model)
-        self.gallery_panel: Any = None  # attached by attach_gallery() once the window shows
-        form_scroll = QScrollArea(widgetResizable=True, objectName="formScroll")
+        self.gallery_panel: GalleryPanel | None = None
+        self.setup_dialog: ModelSetupDialog | None = None
+        form_scroll = named(QScrollArea(widgetResizable=True), "formScroll")
         form_scroll.setWidget(self.prompt_panel)
         form_scroll.setMinimumWidth(self.prompt_panel.minimumSizeHint().width() + 24)
         form_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.generation.setMinimumWidth(300)
-        centre = QSplitter(objectName="centreSplitter")
+        centre = named(QSplitter(), "centreSplitter")
         centre.addWidget(form_scroll)
         centre.addWidget(self.generation)
         centre.setStretchFactor(0, 0)
@@ -96,39 +103,37 @@ class MainWindow(QMainWindow):
         self.resizeDocks([self.gallery_dock], [440], Qt.Orientation.Horizontal)
 
         # 2. the status bar: engine state and the latest notice
-        self.engine_label = QLabel("Engine not started", objectName="engineStatus")
-        self.notice_label = QLabel(objectName="noticeLabel")
+        self.engine_label = named(QLabel("Engine not started"), "engineStatus")
+        self.notice_label = named(QLabel(), "noticeLabel")
         self.notice_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.notices_button = QToolButton(text="Notices", objectName="noticesButton")
+        self.notices_button = named(QToolButton(text="Notices"), "noticesButton")
         self.notices_button.setToolTip("Errors, warnings and messages of this session")
         self.notices_button.clicked.connect(self.show_notices)
         self.statusBar().addWidget(self.engine_label, 1)
         self.statusBar().addPermanentWidget(self.notice_label)
         self.statusBar().addPermanentWidget(self.notices_button)
 
-        # 3. menus, then signals
+        # 3. menus, signals, then what was saved last time
         self._make_menus()
-        self.token_counter = TokenCounter(self._count_tokens)
+        self.token_counter = TokenCounter(self.runner.prompt_length)
+        self._theme = session.settings.theme
         self._connect()
-        self.queue_panel.set_paused(services.queue.paused)
-        self._models_listed = False
-        self._family: Any = None
-        self._preload_timer = QTimer(self, singleShot=True, interval=500)
-        self._preload_timer.timeout.connect(self.preload_picked_model)
-        self._save_form_timer = QTimer(self, singleShot=True, interval=1000)
-        self._save_form_timer.timeout.connect(self.save_form)
-        # The layout is saved a moment after it changes, not only on close: it survives a crash.
-        self._save_layout_timer = QTimer(self, singleShot=True, interval=2000)
-        self._save_layout_timer.timeout.connect(self.save_layout)
-        for dock in (self.gallery_dock, self.queue_dock):
-            dock.dockLocationChanged.connect(lambda *_: self._save_layout_timer.start())
-            dock.topLevelChanged.connect(lambda *_: self._save_layout_timer.start())
-            dock.visibilityChanged.connect(lambda *_: self._save_layout_timer.start())
+        self._on_runner_queue_changed(QueueChanged(self.runner.snapshot()))
+        for notice in self.runtime.notices.notices[-1:]:  # opening the database may have made some
+            self._on_notice_added(notice)
         self.setMinimumSize(1080, 640)  # form ~330 + preview 300 + gallery ~430 px
         self.resize(1280, 800)
+        layout = session.load_layout()
+        if layout is not None:
+            self.restoreGeometry(layout[0])
+            self.restoreState(layout[1], LAYOUT_VERSION)
+        session.restore_form(self.prompt_panel.restore)
+        if session.model_override:
+            model = session.model_override
+            self.prompt_panel.set_models([(model, model)], model)
 
     def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
-        dock = QDockWidget(title, self, objectName=name)
+        dock = named(QDockWidget(title, self), name)
         dock.setWidget(widget)
         dock.setFeatures(
             QDockWidget.DockWidgetFeature.DockWidgetMovable
@@ -136,11 +141,15 @@ class MainWindow(QMainWindow):
             | QDockWidget.DockWidgetFeature.DockWidgetClosable
         )
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        for changed in (dock.dockLocationChanged, dock.topLevelChanged, dock.visibilityChanged):
+            changed.connect(lambda *_: self._save_layout_timer.start())
         return dock
 
     def _make_menus(self) -> None:
-        def action(menu, text: str, slot, shortcut=None, name: str = "") -> QAction:
-            act = QAction(text, self, objectName=name or None)
+        def action(menu: QMenu, text: str, slot, shortcut=None, name: str = "") -> QAction:
+            act = QAction(text, self)
+            if name:
+                act.setObjectName(name)
             if shortcut is not None:
                 act.setShortcut(QKeySequence(shortcut))
             act.triggered.connect(slot)
@@ -152,7 +161,7 @@ class MainWindow(QMainWindow):
         action(file_menu, "Open &output folder", self.open_output_folder)
         file_menu.addSeparator()
         self.setup_action = action(
-            file_menu, "&Models…", self.setup_requested, "Ctrl+M", "modelSetupAction"
+            file_menu, "&Models…", self.open_model_setup, "Ctrl+M", "modelSetupAction"
         )
         self.settings_action = action(
             file_menu, "&Settings…", self.edit_settings, QKeySequence.StandardKey.Preferences
@@ -160,49 +169,46 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         queue_menu = self.menuBar().addMenu("&Queue")
-        queue_menu.addAction(self.queue_panel.pause)
-        queue_menu.addAction(self.queue_panel.stop_after)
+        for queue_action in (self.queue_panel.pause, self.queue_panel.stop_after):
+            queue_menu.addAction(queue_action)
         queue_menu.addAction(self.queue_panel.clear)
         view_menu = self.menuBar().addMenu("&View")
         view_menu.addAction(self.gallery_dock.toggleViewAction())
         view_menu.addAction(self.queue_dock.toggleViewAction())
         help_menu = self.menuBar().addMenu("&Help")
         action(help_menu, "&Notices", self.show_notices)
-        action(help_menu, "Open &log folder", lambda: _open_folder(self.s.paths.logs))
+        action(help_menu, "Open &log folder", lambda: _open_folder(self.runtime.paths.logs))
         action(help_menu, "&About sd3desk", self.about)
 
     def _connect(self) -> None:
-        panel = self.prompt_panel
+        panel, session, runner = self.prompt_panel, self.session, self.runner
         panel.generate_requested.connect(self.generate)
-        panel.cancel_requested.connect(self.cancel_running)
-        panel.setup_requested.connect(self.setup_requested)
+        panel.cancel_requested.connect(runner.cancel_running)
+        panel.setup_requested.connect(self.open_model_setup)
         panel.prompt_edited.connect(self._request_token_count)
-        panel.form_changed.connect(lambda: self._save_form_timer.start())
-        panel.model_changed.connect(self._on_panel_model_changed)
+        panel.form_changed.connect(lambda: session.form_edited(panel.state()))
+        panel.model_changed.connect(session.pick_model)
         self.token_counter.counted.connect(panel.set_token_counts)
-        self.queue_panel.duplicate_requested.connect(self._duplicate)
-        self.queue_panel.clear_finished_requested.connect(self._clear_finished)
-        self.queue_panel.settings_requested.connect(lambda job: panel.set_params(job.params))
-        self.s.notices.added.connect(self._on_notice_added)
-        self.s.catalog.found.connect(self._on_catalog_found)
-
-    def attach_runner(self, runner: Any) -> None:
-        """Connect the queue runner (made after the window shows: the worker module and its
-        threads are not needed for the first paint)."""
-        self.s.runner = runner
+        session.models_listed.connect(self._on_session_models_listed)
+        session.defaults_suggested.connect(panel.apply_defaults)
+        session.settings_changed.connect(self._on_session_settings_changed)
+        session.engine_note.connect(self.engine_label.setText)
+        session.setup_needed.connect(self.open_model_setup)
+        queue = self.queue_panel
+        queue.cancel_requested.connect(runner.cancel)
+        queue.duplicate_requested.connect(runner.duplicate)
+        queue.clear_finished_requested.connect(runner.clear_finished)
+        queue.pause_toggled.connect(runner.set_paused)
+        queue.stop_after_current_requested.connect(runner.stop_after_current)
+        queue.settings_requested.connect(lambda job: panel.set_params(job.params))
+        self.queue_model.place_requested.connect(runner.place)
         runner.job_changed.connect(self._on_runner_job_changed)
+        runner.queue_changed.connect(self._on_runner_queue_changed)
         runner.step_progressed.connect(self._on_runner_step_progressed)
         runner.engine_state_changed.connect(self._on_runner_engine_state_changed)
-        runner.job_failed.connect(self._on_runner_job_failed)
-        self.queue_panel.cancel_requested.connect(runner.cancel)
-        self.queue_panel.pause_toggled.connect(runner.set_paused)
-        self.queue_panel.stop_after_current_requested.connect(runner.stop_after_current)
+        self.runtime.notices.added.connect(self._on_notice_added)
 
-    def _count_tokens(self, text: str, limit: int) -> Any:
-        runner = self.s.runner  # any thread: reading an attribute
-        return runner.prompt_length(text, limit) if runner is not None else None
-
-    def attach_gallery(self, gallery_panel: Any) -> None:
+    def attach_gallery(self, gallery_panel: GalleryPanel) -> None:
         """Put the gallery in its dock. Built after the window shows: its imports and first
         page cost tens of milliseconds the first paint need not wait for."""
         self.gallery_panel = g = gallery_panel
@@ -211,70 +217,52 @@ class MainWindow(QMainWindow):
         g.settings_requested.connect(self._on_gallery_settings_requested)
         g.seed_requested.connect(self.prompt_panel.use_seed)
         g.image_opened.connect(lambda row: self.generation.show_image(row.path))
-        g.notice.connect(lambda text: self.s.notices.info(text))
+        g.notice.connect(self.runtime.notices.info)
 
     # ------------------------------------------------------------------ requests
 
     def generate(self) -> Job | None:
-        """Validate the form and queue it; errors go next to their fields, nothing is queued."""
-        params = self.prompt_panel.params()
-        errors = validate(params, self._max_side(params.model))
-        if not params.model:
-            from sd3desk.core.errors import FieldError
-
-            errors.insert(0, FieldError("model", "pick a model first (Add… finds or makes one)"))
-        if errors:
-            self.prompt_panel.show_errors(errors)
-            return None
-        self.prompt_panel.clear_errors()
-        return self.enqueue(params)
-
-    def enqueue(self, params: GenerationParams) -> Job | None:
-        if self.s.runner is None:  # only before the event loop first runs
-            return None
+        """Queue the form's request; errors go next to their fields and nothing is queued."""
         try:
-            job = self.s.runner.enqueue(params)
+            job = self.session.submit(self.prompt_panel.params())
         except InvalidParamsError as exc:
             self.prompt_panel.show_errors(exc.errors)
             return None
-        position = self.s.queue.position(job.id)
-        where = f", {position} in line" if position and position > 1 else ""
-        self.statusBar().showMessage(f"Queued job #{job.id} (seed {job.params.seed}){where}", 4000)
+        self.prompt_panel.clear_errors()
+        self._say_queued(job)
         return job
 
-    def cancel_running(self) -> None:
-        for job in self.s.queue.running():
-            self.s.runner.cancel(job.id)
+    def enqueue(self, params: GenerationParams) -> Job | None:
+        """Queue a request made elsewhere (a gallery re-run) as it is."""
+        try:
+            job = self.runner.enqueue(params)
+        except InvalidParamsError as exc:
+            self.prompt_panel.show_errors(exc.errors)
+            return None
+        self._say_queued(job)
+        return job
 
-    def _duplicate(self, job_id: int) -> None:
-        self.s.queue.duplicate(job_id)
-        if self.s.runner is not None:
-            self.s.runner.dispatch()
-        self._refresh_queue()
+    def _say_queued(self, job: Job) -> None:
+        place = self.runner.snapshot().places.get(job.id)
+        where = f", {place} in line" if place and place > 1 else ""
+        self.statusBar().showMessage(f"Queued job #{job.id} (seed {job.params.seed}){where}", 4000)
 
-    def _clear_finished(self) -> None:
-        self.s.queue.clear_finished()
-        self._refresh_queue()
-
-    def _refresh_queue(self) -> None:
-        """Reload the queue panel with the runner's progress and speeds (none before it exists)."""
-        runner = self.s.runner
-        if runner is None:
-            self.queue_model.refresh()
-        else:
-            self.queue_model.refresh(runner.running_progress, runner.live_rates)
-
-    def _max_side(self, reference: str) -> int | None:
-        family = self.s.catalog.family_of(reference)
-        return FAMILY_DEFAULTS[family].max_side if family else None
+    def _request_token_count(self) -> None:
+        panel = self.prompt_panel
+        self.token_counter.request(
+            panel.prompt.toPlainText(), panel.negative.toPlainText(), panel.t5_length.value()
+        )
 
     # ------------------------------------------------------------------ runner events
 
-    def _on_runner_job_changed(self, job: Job) -> None:
-        self._refresh_queue()
-        running = self.s.queue.running()
-        self.prompt_panel.set_running(bool(running))
-        self.queue_panel.set_paused(self.s.queue.paused)
+    def _on_runner_queue_changed(self, event: QueueChanged) -> None:
+        snapshot = event.snapshot
+        self.queue_model.show(snapshot)
+        self.prompt_panel.set_running(snapshot.busy)
+        self.queue_panel.set_paused(snapshot.paused)
+
+    def _on_runner_job_changed(self, event: JobChanged) -> None:
+        job = event.job
         if job.state is JobState.running:
             p = job.params
             self.generation.job_started(job.id, p.steps, f"{p.width}×{p.height} · seed {p.seed}")
@@ -286,136 +274,58 @@ class MainWindow(QMainWindow):
             if job.params.seed is not None:
                 self.prompt_panel.set_last_seed(job.params.seed)
             self.generation.job_ended(f"Job #{job.id} done")
-        elif not running and (job.state in DONE or (job.state is JobState.queued and job.note)):
+        elif not self.runner.snapshot().busy and (job.state in DONE or job.note):
             self.generation.job_ended(f"Job #{job.id} {job.state.value}")
 
-    def _on_runner_step_progressed(self, event: Any) -> None:
+    def _on_runner_step_progressed(self, event: StepProgress) -> None:
         self.generation.step(event.job_id, event.step, event.total, event.elapsed_s, event.preview)
-        self.queue_model.update_progress(event.job_id, event.step, self.s.runner.live_rates)
+        self.queue_model.step(event, self.runner.snapshot())
 
-    def _on_runner_engine_state_changed(self, state: Any) -> None:
+    def _on_runner_engine_state_changed(self, state: EngineState) -> None:
         text = state.text
-        if state.state == "loading" and state.stages:
-            text = f"{state.text.rstrip('…')} ({state.stage}/{state.stages})…"
+        if state.status is EngineStatus.loading and state.stages:
+            text = f"{text.rstrip('…')} ({state.stage}/{state.stages})…"
+        elif state.status is EngineStatus.ready:
+            text = f"Ready: {text}"
         self.engine_label.setText(text)
-        if state.state in ("starting", "loading"):
+        if state.status in (EngineStatus.starting, EngineStatus.loading):
             self.generation.set_waiting(text)
-        elif state.state == "ready":
+        elif state.status is EngineStatus.ready:
             self.generation.set_waiting("Ready")  # the details are in the status bar
-        if state.state == "ready":
-            for notice in state.notices:
-                self.s.notices.info(notice)
             self._request_token_count()
-        elif state.state == "generating":
-            for notice in state.notices:
-                self.s.notices.warning(notice)
-        elif state.state == "failed" and state.text != getattr(self, "_last_failure", None):
-            # (a job's failure already made its notice; a failed preload makes one here)
-            self.s.notices.error(state.text, state.notices[0] if state.notices else "")
-
-    def _on_runner_job_failed(self, event: Any) -> None:
-        self._last_failure = event.message
-        self.s.notices.error(f"Job #{event.job_id} failed: {event.message}", event.advice)
 
     # ------------------------------------------------------------------ models and the form
 
-    def _on_catalog_found(self, entries: list[ModelEntry], problems: list[str]) -> None:
-        first = not self._models_listed
-        self._models_listed = True
-        current = self.prompt_panel.model_reference() or self.s.model_override
-        current = current or self.s.settings.last_model
+    def _on_session_models_listed(self, entries: list[ModelEntry], current: str) -> None:
         self.prompt_panel.set_models([(e.label, e.reference) for e in entries], current)
-        if self._family is None:  # the restored form's model: switching within it keeps values
-            self._family = self.s.catalog.family_of(self.prompt_panel.model_reference())
-        if first and self.prompt_panel.model_reference():
-            # Only now: the model search and the engine's torch import both import many modules,
-            # and run together they stalled the GUI thread for ~200 ms (bench/gui_latency.py).
-            self.engine_label.setText("Starting the engine in the background…")
-            self.s.runner.preload(self.prompt_panel.model_reference())
-        for problem in problems:
-            self.s.notices.warning(problem)
 
-    def _on_panel_model_changed(self, reference: str) -> None:
-        if not reference:
-            return
-        if self.s.catalog.searched:  # else the first search result starts it (see below)
-            self._preload_timer.start()  # once the pick settles: one load, not one per model
-        family = self.s.catalog.family_of(reference)
-        if family is not None and family != self._family:
-            self.prompt_panel.apply_defaults(defaults_for(family))
-        self._family = family
-        if reference != self.s.settings.last_model:
-            self.settings_changed.emit(dataclasses.replace(self.s.settings, last_model=reference))
-
-    def preload_picked_model(self) -> None:
-        reference = self.prompt_panel.model_reference()
-        if reference and self.s.runner is not None:
-            self.engine_label.setText(f"Loading {reference} in the background…")
-            self.s.runner.preload(reference)
-
-    def _on_gallery_settings_requested(self, meta: Any) -> None:
+    def _on_gallery_settings_requested(self, meta: ImageMetadata) -> None:
         ours = meta.source == "sd3desk"
         self.prompt_panel.set_params(meta.params, keep_model=not ours or not meta.params.model)
         self.statusBar().showMessage("Settings loaded into the form", 4000)
 
-    def _request_token_count(self) -> None:
-        panel = self.prompt_panel
-        self.token_counter.request(
-            panel.prompt.toPlainText(), panel.negative.toPlainText(), panel.t5_length.value()
-        )
+    def _on_session_settings_changed(self, settings: Settings) -> None:
+        if settings.theme != self._theme:
+            self._theme = settings.theme
+            app = QApplication.instance()
+            if isinstance(app, QApplication):
+                apply_theme(app, settings.theme)
 
     def save_form(self) -> None:
-        data = json.dumps(self.prompt_panel.state(), indent=1).encode()
-        atomic_write_bytes(self.s.paths.form_file, data)
-
-    def restore_form(self) -> None:
-        try:
-            data = json.loads(self.s.paths.form_file.read_text("utf-8"))
-            self.prompt_panel.restore(data)
-        except FileNotFoundError:
-            pass
-        except (
-            OSError,
-            ValueError,
-            OverflowError,
-            InvalidParamsError,
-            TypeError,
-            AttributeError,
-        ) as exc:
-            self.s.notices.warning(f"The saved form could not be restored ({exc})")
-        self._family = None  # set from the restored model once the catalog knows its family
+        self.session.save_form(self.prompt_panel.state())
 
     # ------------------------------------------------------------------ layout
 
-    def _window_settings(self) -> QSettings:
-        return QSettings(str(self.s.paths.window_file), QSettings.Format.IniFormat)
-
-    def restore_layout(self) -> None:
-        store = self._window_settings()
-        if store.value("layout_version", 0, int) != LAYOUT_VERSION:
-            return
-        geometry, state = store.value("geometry"), store.value("state")
-        if isinstance(geometry, QByteArray):
-            self.restoreGeometry(geometry)
-        if isinstance(state, QByteArray):
-            self.restoreState(state, LAYOUT_VERSION)
-
     def save_layout(self) -> None:
-        store = self._window_settings()
-        store.setValue("layout_version", LAYOUT_VERSION)
-        store.setValue("geometry", self.saveGeometry())
-        store.setValue("state", self.saveState(LAYOUT_VERSION))
-        store.sync()
+        self.session.save_layout(self.saveGeometry(), self.saveState(LAYOUT_VERSION))
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
-        if hasattr(self, "_save_layout_timer"):
-            self._save_layout_timer.start()
+        self._save_layout_timer.start()
 
     def moveEvent(self, event) -> None:
         super().moveEvent(event)
-        if hasattr(self, "_save_layout_timer"):
-            self._save_layout_timer.start()
+        self._save_layout_timer.start()
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_form()
@@ -425,23 +335,49 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ dialogs and notices
 
     def _on_notice_added(self, notice: Notice) -> None:
-        colour = {Level.error: "#d9534f", Level.warning: "#c08a00"}.get(notice.level)
-        self.notice_label.setStyleSheet(f"color: {colour};" if colour else "")
+        tone = {Level.error: Tone.error, Level.warning: Tone.warning}.get(notice.level)
+        self.notice_label.setStyleSheet(tone_style(tone) if tone else "")
         text = notice.text()
         self.notice_label.setText(text if len(text) <= 90 else text[:89] + "…")
         self.notice_label.setToolTip(text)
-        count = len(self.s.notices.notices)
-        self.notices_button.setText(f"Notices ({count})")
+        self.notices_button.setText(f"Notices ({len(self.runtime.notices.notices)})")
 
     def show_notices(self) -> None:
-        NoticesDialog(self.s.notices, self.s.diagnostics, self).exec()
+        NoticesDialog(self.runtime.notices, self.diagnostics, self).exec()
+
+    def diagnostics(self) -> str:
+        """What "copy diagnostics" copies: versions, settings, the engine's state, the log."""
+        return self.session.diagnostics(self.engine_label.text())
+
+    def open_model_setup(self) -> None:
+        """The Models dialog; a second request raises the open one."""
+        from shiboken6 import isValid
+
+        from sd3desk.ui.model_setup_dialog import ModelSetupDialog
+
+        current = self.setup_dialog
+        if current is not None and isValid(current) and current.isVisible():
+            current.raise_()
+            current.activateWindow()
+            return
+        dialog = ModelSetupDialog(self.runtime.catalog, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.model_chosen.connect(self._on_setup_dialog_model_chosen)
+        self.setup_dialog = dialog
+        dialog.open()
+
+    def _on_setup_dialog_model_chosen(self, reference: str) -> None:
+        entries = [(e.label, e.reference) for e in self.runtime.catalog.all_entries()]
+        if reference not in [r for _, r in entries]:
+            entries.insert(0, (reference, reference))
+        self.prompt_panel.set_models(entries, reference)
 
     def edit_settings(self) -> None:
         from sd3desk.ui.settings_dialog import SettingsDialog
 
-        dialog = SettingsDialog(self.s.settings, str(self.s.paths.outputs), self)
+        dialog = SettingsDialog(self.session.settings, str(self.runtime.paths.outputs), self)
         if dialog.exec():
-            self.settings_changed.emit(dialog.result_settings())
+            self.session.apply_settings(dialog.result_settings())
 
     def open_image(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -452,7 +388,7 @@ class MainWindow(QMainWindow):
             self.generation.show_image(path)
 
     def open_output_folder(self) -> None:
-        _open_folder(Path(self.s.settings.output_dir or self.s.paths.outputs))
+        _open_folder(self.runtime.out_dir)
 
     def about(self) -> None:
         from PySide6.QtWidgets import QMessageBox
@@ -461,8 +397,7 @@ class MainWindow(QMainWindow):
             self,
             "About sd3desk",
             f"<b>sd3desk {__version__}</b><p>Stable Diffusion 3 on your own machine.</p>"
-            f"<p>Images: {self.s.settings.output_dir or self.s.paths.outputs}<br>"
-            f"Logs: {self.s.paths.logs}</p>",
+            f"<p>Images: {self.runtime.out_dir}<br>Logs: {self.runtime.paths.logs}</p>",
         )
 
 

@@ -3,11 +3,13 @@ the tiny test model."""
 
 from __future__ import annotations
 
+import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import Qt, QThreadPool, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
@@ -28,19 +30,28 @@ from PySide6.QtWidgets import (
 
 from sd3desk.core.downloads import DEFAULT_REPO  # (huggingface_hub itself loads on first use)
 from sd3desk.core.errors import SD3DeskError
-from sd3desk.core.settings import AppPaths
-from sd3desk.ui.model_catalog import TEST_ENTRY, ModelCatalog, ModelEntry
+from sd3desk.runtime.background import Background, Report
+from sd3desk.runtime.catalog import TEST_ENTRY, ModelCatalog, ModelEntry, check_model
+from sd3desk.ui.theme import Tone, tone_style
 
-ERROR_STYLE = "color: #d9534f;"
+log = logging.getLogger(__name__)
 
 
-class _Relay(QObject):
-    """Carries results from the download thread to the GUI thread (queued signals)."""
+@dataclass(frozen=True)
+class _Progress:
+    """A download report: the plan first, then bytes done of total and the file being fetched."""
 
-    planned = Signal(object)
-    progressed = Signal(object, object, str)  # done, total (Python ints: may pass 2 GiB)
-    finished = Signal(object)
-    failed = Signal(str, str, bool)  # message, advice, cancelled
+    plan: Any = None
+    done: int = 0
+    total: int = 0
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    message: str
+    advice: str
+    cancelled: bool
 
 
 class ModelSetupDialog(QDialog):
@@ -55,7 +66,6 @@ class ModelSetupDialog(QDialog):
     def __init__(
         self,
         catalog: ModelCatalog,
-        paths: AppPaths,
         parent: QWidget | None = None,
         endpoint: str | None = None,
         cache_dir: Path | None = None,
@@ -64,17 +74,17 @@ class ModelSetupDialog(QDialog):
         self.setWindowTitle("Models")
         self.setObjectName("modelSetupDialog")
         self.catalog = catalog
-        self.paths = paths
         self.endpoint = endpoint  # None: huggingface_hub's own setting (HF_ENDPOINT)
         self.cache_dir = cache_dir  # None: the standard Hugging Face cache
         self._cancel: threading.Event | None = None
-        self._thread: threading.Thread | None = None
         self._plan: Any = None
-        self._relay = _Relay()
-        self._relay.planned.connect(self._on_download_planned)
-        self._relay.progressed.connect(self._on_download_progressed)
-        self._relay.finished.connect(self._on_download_finished)
-        self._relay.failed.connect(self._on_download_failed)
+        # its own pool: a download takes minutes and must not hold up thumbnails or searches
+        self.download_pool = QThreadPool(self)
+        self.download_pool.setMaxThreadCount(1)
+        self._download = Background(self, pool=self.download_pool)
+        self._download.progressed.connect(self._on_download_progressed)
+        self._download.finished.connect(self._on_download_finished)
+        self._download.failed.connect(self._on_download_failed)
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._found_box())
@@ -143,7 +153,7 @@ class ModelSetupDialog(QDialog):
         pick_folder = QPushButton("Diffusers folder…", objectName="pickFolderButton")
         pick_folder.clicked.connect(self._pick_folder)
         self.local_error = QLabel(wordWrap=True, objectName="localError")
-        self.local_error.setStyleSheet(ERROR_STYLE)
+        self.local_error.setStyleSheet(tone_style(Tone.error))
         self.local_error.hide()
         column = QVBoxLayout(box)
         row = QHBoxLayout()
@@ -168,16 +178,14 @@ class ModelSetupDialog(QDialog):
 
     def use_local(self, path: str) -> bool:
         """Check `path` is an SD3 model (headers only, no weights read) and choose it."""
-        from sd3desk.inference.models import resolve_model
-
         try:
-            source = resolve_model(path)
+            entry = check_model(path)
         except SD3DeskError as exc:
             self.local_error.setText(f"{exc.message}\n{exc.advice}".strip())
             self.local_error.show()
             return False
         self.local_error.hide()
-        self._choose(source.reference)
+        self._choose(entry.reference)
         return True
 
     # ------------------------------------------------------------------ 3. download
@@ -197,7 +205,7 @@ class ModelSetupDialog(QDialog):
         self.download_progress.setRange(0, 1000)
         self.download_progress.hide()
         self.download_error = QLabel(wordWrap=True, objectName="downloadError")
-        self.download_error.setStyleSheet(ERROR_STYLE)
+        self.download_error.setStyleSheet(tone_style(Tone.error))
         self.download_error.hide()
         self.check_button = QPushButton("Check size", objectName="checkDownloadButton")
         self.check_button.clicked.connect(lambda: self.start_download(plan_only=True))
@@ -235,58 +243,21 @@ class ModelSetupDialog(QDialog):
         )
 
     def start_download(self, plan_only: bool = False) -> None:
-        """Plan (sizes, free disk, token check) and, unless `plan_only`, download; in a thread."""
+        """Plan (sizes, free disk, token check) and, unless `plan_only`, download, off the GUI
+        thread."""
         if self.busy():
             return
-        repo, token = self.repo.text().strip(), self.token.text().strip()
+        repo, token = self.repo.text().strip(), self.token.text().strip() or None
         with_t5 = self.with_t5.isChecked()
         self.download_error.hide()
         self.size_label.setText("Asking Hugging Face for the file list…")
-        self._cancel = threading.Event()
+        cancel = self._cancel = threading.Event()
+        where = {"cache_dir": self.cache_dir, "endpoint": self.endpoint}
         self._set_busy(True)
-        self._thread = threading.Thread(
-            target=self._download_thread,
-            args=(repo, token or None, with_t5, plan_only, self._cancel),
-            name="sd3desk-download",
-            daemon=True,
+        self._download.submit(
+            lambda report: _fetch(repo, token, with_t5, plan_only, cancel, report, where),
+            reports=True,
         )
-        self._thread.start()
-
-    def _download_thread(
-        self, repo: str, token: str | None, with_t5: bool, plan_only: bool, cancel
-    ) -> None:
-        from sd3desk.core import downloads
-
-        relay = self._relay
-        try:
-            plan = downloads.plan_download(
-                repo, token=token, with_t5=with_t5, cache_dir=self.cache_dir, endpoint=self.endpoint
-            )
-            relay.planned.emit(plan)
-            if cancel.is_set():
-                relay.failed.emit("", "", True)
-                return
-            if plan_only:
-                relay.finished.emit(None)
-                return
-            folder = downloads.download(
-                plan,
-                token=token,
-                cache_dir=self.cache_dir,
-                endpoint=self.endpoint,
-                on_progress=lambda done, total, name: relay.progressed.emit(done, total, name),
-                cancel=cancel,
-            )
-            relay.finished.emit(repo if folder else None)
-        except downloads.DownloadCancelled as exc:
-            relay.failed.emit(exc.message, exc.advice, True)
-        except SD3DeskError as exc:
-            relay.failed.emit(exc.message, exc.advice, False)
-        except Exception as exc:  # never a traceback in the dialog; the log has details
-            import logging
-
-            logging.getLogger(__name__).exception("download failed")
-            relay.failed.emit(f"The download failed: {exc}", "details are in the log file", False)
 
     def cancel(self) -> None:
         if self._cancel is not None and self.busy():
@@ -299,7 +270,17 @@ class ModelSetupDialog(QDialog):
         self.with_t5.setEnabled(not busy)
         self.cancel_download.setEnabled(busy)
 
-    def _on_download_planned(self, plan: Any) -> None:
+    def _on_download_progressed(self, _key: object, progress: _Progress) -> None:
+        if progress.plan is not None:
+            self._show_plan(progress.plan)
+            return
+        self.download_progress.show()
+        self.download_progress.setValue(round(1000 * progress.done / max(progress.total, 1)))
+        self.download_progress.setFormat(
+            f"{_gb(progress.done)} of {_gb(progress.total)} · {progress.name}"
+        )
+
+    def _show_plan(self, plan: Any) -> None:
         self._plan = plan
         files = len(plan.files)
         text = (
@@ -310,41 +291,33 @@ class ModelSetupDialog(QDialog):
             text += " Not enough free space."
         self.size_label.setText(text)
 
-    def _on_download_progressed(self, done: int, total: int, name: str) -> None:
-        self.download_progress.show()
-        self.download_progress.setValue(round(1000 * done / max(total, 1)))
-        self.download_progress.setFormat(f"{_gb(done)} of {_gb(total)} · {name}")
-
-    def _thread_ended(self) -> None:
-        """The thread's last report arrived: it is about to return; only now is it not busy."""
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+    def _on_download_finished(self, _key: object, result: str | _Failure | None) -> None:
         self._set_busy(False)
+        if isinstance(result, _Failure):
+            self._show_failure(result)
+        elif result is not None:  # None: a size check only
+            self.download_progress.setValue(1000)
+            self.size_label.setText(f"{result} is ready.")
+            self.catalog.refresh()
+            self._choose(result)
 
-    def _on_download_finished(self, repo: str | None) -> None:
-        self._thread_ended()
-        if repo is None:
-            return  # a size check only
-        self.download_progress.setValue(1000)
-        self.size_label.setText(f"{repo} is ready.")
-        self.catalog.refresh()
-        self._choose(repo)
+    def _on_download_failed(self, _key: object, exc: Exception) -> None:
+        self._set_busy(False)  # _fetch never raises; this is a last resort
+        self._show_failure(_Failure(f"The download failed: {exc}", "", False))
 
-    def _on_download_failed(self, message: str, advice: str, cancelled: bool) -> None:
-        self._thread_ended()
+    def _show_failure(self, failure: _Failure) -> None:
         self.download_progress.hide()
-        if cancelled:
+        if failure.cancelled:
             self.size_label.setText(
                 "Download cancelled. Finished files are kept; Download again to go on."
             )
             return
         self.size_label.clear()
-        self.download_error.setText(f"{message}\n{advice}".strip())
+        self.download_error.setText(f"{failure.message}\n{failure.advice}".strip())
         self.download_error.show()
 
     def busy(self) -> bool:
-        return self._thread is not None
+        return self._download.busy
 
     # ------------------------------------------------------------------ 4. the test model
 
@@ -380,3 +353,40 @@ class ModelSetupDialog(QDialog):
 
 def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _fetch(
+    repo: str,
+    token: str | None,
+    with_t5: bool,
+    plan_only: bool,
+    cancel: threading.Event,
+    report: Report,
+    where: dict[str, Any],
+) -> str | _Failure | None:
+    """On the download pool: the repo when downloaded, None after a size check only, or what
+    went wrong. Never raises: the dialog shows words, the log has the details."""
+    from sd3desk.core import downloads
+
+    try:
+        plan = downloads.plan_download(repo, token=token, with_t5=with_t5, **where)
+        report(_Progress(plan=plan))
+        if cancel.is_set():
+            return _Failure("", "", True)
+        if plan_only:
+            return None
+        folder = downloads.download(
+            plan,
+            token=token,
+            on_progress=lambda done, total, name: report(_Progress(None, done, total, name)),
+            cancel=cancel,
+            **where,
+        )
+        return repo if folder else None
+    except downloads.DownloadCancelled as exc:
+        return _Failure(exc.message, exc.advice, True)
+    except SD3DeskError as exc:
+        return _Failure(exc.message, exc.advice, False)
+    except Exception as exc:  # never a traceback in the dialog; the log has details
+        log.exception("download failed")
+        return _Failure(f"The download failed: {exc}", "details are in the log file", False)

@@ -1,19 +1,29 @@
-"""A list model over the job queue: running and waiting jobs with ETAs, then recent ones."""
+"""A list model over the runner's queue snapshots: running and waiting jobs with their place and
+ETA, then recent ones. It never reads the database: every row comes from the runner's events."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from PySide6.QtCore import QAbstractListModel, QMimeData, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QMimeData,
+    QModelIndex,
+    QPersistentModelIndex,
+    Qt,
+    Signal,
+)
 from PySide6.QtGui import QColor
 
-from sd3desk.core.jobs import DONE, Eta, Job, JobQueue, JobState
+from sd3desk.core.jobs import DONE, Job, JobState
+from sd3desk.runtime.events import QueueSnapshot, StepProgress
+from sd3desk.ui.theme import Tone
 
 JOB_ROLE = Qt.ItemDataRole.UserRole + 1
 MIME = "application/x-sd3desk-job-ids"
-DONE_SHOWN = 200  # recent finished jobs kept in the list; the rest stay in the database
-ETA_REFRESH_S = 1.0
+ETA_REFRESH_S = 1.0  # while a job runs, ETAs are redrawn at most this often
 
 _STATE_WORDS = {
     JobState.queued: "waiting",
@@ -39,60 +49,80 @@ def _ordinal(n: int) -> str:
 
 
 class QueueModel(QAbstractListModel):
-    """Rows are Jobs from `queue.jobs()`. `refresh(progress)` reloads them (the queue is small:
-    waiting jobs plus at most DONE_SHOWN recent ones). Waiting jobs can be dragged to reorder.
+    """Rows are the jobs of the latest QueueSnapshot: running, waiting in order, then done.
 
-    Thread rule: GUI thread only, like the JobQueue it reads.
+    `show(snapshot)` moves, inserts and removes rows as the snapshot says (never a reset), so
+    the view keeps its selection and scroll position while jobs run. Dropping dragged jobs asks
+    for a move with `place_requested`; the runner makes it and the next snapshot shows it.
+
+    Thread rule: GUI thread only.
     """
 
-    def __init__(self, queue: JobQueue) -> None:
+    place_requested = Signal(object, int)  # job ids in order, 0-based index among waiting jobs
+
+    def __init__(self, snapshot: QueueSnapshot) -> None:
         super().__init__()
-        self.queue = queue
         self._jobs: list[Job] = []
-        self._etas: dict[int, Eta] = {}
-        self._places: dict[int, int] = {}  # job id -> 1 for the next waiting job
+        self._snapshot = QueueSnapshot()
         self._etas_at = 0.0
-        self._progress: dict[int, int] = {}
-        self._rates: dict[str, float] = {}
-        self.refresh()
+        self.show(snapshot)
 
-    def refresh(
-        self, progress: dict[int, int] | None = None, rates: dict[str, float] | None = None
-    ) -> None:
-        """Reload the jobs; `progress` is steps done per running job, `rates` the runner's
-        live seconds per step (see JobQueue.etas)."""
-        self._progress = dict(progress or {})
-        self._rates = dict(rates or {})
-        jobs = self.queue.jobs()
-        active = [j for j in jobs if j.state not in DONE]
-        done = [j for j in jobs if j.state in DONE][:DONE_SHOWN]
-        self.beginResetModel()
-        self._jobs = active + done
-        waiting = (j for j in active if j.state is JobState.queued)
-        self._places = {job.id: place for place, job in enumerate(waiting, start=1)}
-        self._etas = self.queue.etas(self._progress, self._rates)
+    @property
+    def snapshot(self) -> QueueSnapshot:
+        return self._snapshot
+
+    def show(self, snapshot: QueueSnapshot) -> None:
+        """Bring the rows in line with `snapshot`: gone jobs removed, new ones inserted, the
+        rest moved into the new order, changed ones redrawn."""
+        self._snapshot = snapshot
         self._etas_at = time.monotonic()
-        self.endResetModel()
+        wanted = list(snapshot.jobs)
+        wanted_ids = {job.id for job in wanted}
+        # 1. remove rows of jobs that are gone (cleared), bottom up
+        for row in range(len(self._jobs) - 1, -1, -1):
+            if self._jobs[row].id not in wanted_ids:
+                self.beginRemoveRows(QModelIndex(), row, row)
+                del self._jobs[row]
+                self.endRemoveRows()
+        # 2. insert rows for new jobs at the end, then 3. move every row where it belongs
+        known = {job.id for job in self._jobs}
+        new = [job for job in wanted if job.id not in known]
+        if new:
+            first = len(self._jobs)
+            self.beginInsertRows(QModelIndex(), first, first + len(new) - 1)
+            self._jobs += new
+            self.endInsertRows()
+        if [job.id for job in self._jobs] != [job.id for job in wanted]:
+            self._reorder(wanted)
+        else:
+            self._jobs = wanted
+        if self._jobs:
+            self.dataChanged.emit(self.index(0), self.index(len(self._jobs) - 1))
 
-    def update_progress(self, job_id: int, step: int, rates: dict[str, float] | None = None):
-        """A step landed: refresh that row's text; the ETAs of every row at most once a second
-        (they cost a few queries)."""
-        self._progress[job_id] = step
-        active = [row for row, job in enumerate(self._jobs) if job.state not in DONE]
-        first_rate = rates is not None and not set(rates) <= set(self._rates)
+    def _reorder(self, wanted: list[Job]) -> None:
+        """A layout change that keeps persistent indexes (selection, current row) on their jobs."""
+        self.layoutAboutToBeChanged.emit()
+        new_row = {job.id: row for row, job in enumerate(wanted)}
+        old_ids = [job.id for job in self._jobs]
+        persistent = self.persistentIndexList()
+        moved = [self.index(new_row[old_ids[index.row()]]) for index in persistent]
+        self._jobs = wanted
+        self.changePersistentIndexList(persistent, moved)
+        self.layoutChanged.emit()
+
+    def step(self, event: StepProgress, snapshot: QueueSnapshot) -> None:
+        """A step landed: redraw that row; every active row's ETA at most once a second."""
         due = time.monotonic() - self._etas_at >= ETA_REFRESH_S
-        if rates is not None and (first_rate or due) and active:
-            self._rates = dict(rates)
-            self._etas = self.queue.etas(self._progress, self._rates)
+        first_rate = set(snapshot.live_rates) - set(self._snapshot.live_rates)
+        self._snapshot = snapshot
+        active = [row for row, job in enumerate(self._jobs) if job.state not in DONE]
+        if (due or first_rate) and active:
             self._etas_at = time.monotonic()
-            self.dataChanged.emit(
-                self.index(active[0]), self.index(active[-1]), [Qt.ItemDataRole.DisplayRole]
-            )
+            self.dataChanged.emit(self.index(active[0]), self.index(active[-1]))
             return
-        row = self.row_of(job_id)
+        row = self.row_of(event.job_id)
         if row >= 0:
-            index = self.index(row)
-            self.dataChanged.emit(index, index, [Qt.ItemDataRole.DisplayRole])
+            self.dataChanged.emit(self.index(row), self.index(row))
 
     def job_at(self, row: int) -> Job | None:
         return self._jobs[row] if 0 <= row < len(self._jobs) else None
@@ -115,10 +145,8 @@ class QueueModel(QAbstractListModel):
             return self._tooltip(job)
         if role == Qt.ItemDataRole.ForegroundRole:
             if job.state is JobState.failed:
-                return QColor("#d9534f")
-            if job.state in DONE:
-                return QColor("gray")
-            return None
+                return QColor(Tone.error.value)
+            return QColor(Tone.muted.value) if job.state in DONE else None
         if role == JOB_ROLE:
             return job
         if role == Qt.ItemDataRole.AccessibleTextRole:
@@ -140,17 +168,25 @@ class QueueModel(QAbstractListModel):
     def mimeTypes(self) -> list[str]:
         return [MIME]
 
-    def mimeData(self, indexes: list[QModelIndex]) -> QMimeData:
+    def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:
         data = QMimeData()
         ids = [str(job.id) for i in indexes if (job := self.job_at(i.row())) is not None]
         data.setData(MIME, ",".join(ids).encode())
         return data
 
-    def dropMimeData(self, data: QMimeData, action, row: int, column: int, parent) -> bool:
-        """Move the dragged waiting jobs to where they were dropped among the waiting jobs."""
+    def dropMimeData(
+        self,
+        data: QMimeData,
+        action: Qt.DropAction,
+        row: int,
+        column: int,
+        parent: QModelIndex | QPersistentModelIndex,
+    ) -> bool:
+        """Ask to move the dragged waiting jobs to where they were dropped among the others."""
         if not data.hasFormat(MIME) or action != Qt.DropAction.MoveAction:
             return False
-        dragged = {int(t) for t in bytes(data.data(MIME).data()).decode().split(",") if t}
+        text = bytes(data.data(MIME).data()).decode()
+        dragged = {int(t) for t in text.split(",") if t}
         if row < 0:
             row = parent.row() if parent.isValid() else len(self._jobs)
         # in list order, whatever order they were selected in; a job that started running
@@ -160,9 +196,8 @@ class QueueModel(QAbstractListModel):
         target = sum(
             1 for j in self._jobs[:row] if j.state is JobState.queued and j.id not in dragged
         )
-        self.queue.place(ids, target)
-        self.refresh(self._progress, self._rates)
-        return False  # we moved the rows ourselves; the view must not remove anything
+        self.place_requested.emit(ids, target)
+        return False  # the runner moves them; the view must not remove anything itself
 
     # ------------------------------------------------------------------ text
 
@@ -171,11 +206,10 @@ class QueueModel(QAbstractListModel):
         prompt = p.prompt if len(p.prompt) <= 60 else p.prompt[:57] + "…"
         status = _STATE_WORDS[job.state]
         if job.state is JobState.running:
-            step = self._progress.get(job.id, 0)
-            status += f" · step {step}/{p.steps}"
+            status += f" · step {self._snapshot.progress.get(job.id, 0)}/{p.steps}"
         elif job.state is JobState.queued:
-            status += f" · {_ordinal(self._places[job.id])}"
-        eta = self._etas.get(job.id)
+            status += f" · {_ordinal(self._snapshot.places.get(job.id, 0))}"
+        eta = self._snapshot.etas.get(job.id)
         if eta is not None and job.state not in DONE:
             status += f" · {'~' if eta.estimated else ''}{format_seconds(eta.seconds)} left"
         if job.note and job.state is JobState.queued:

@@ -15,12 +15,13 @@ from PySide6.QtWidgets import (
 )
 
 from sd3desk.core.jobs import Job, JobState
-from sd3desk.ui.queue_model import JOB_ROLE, QueueModel
+from sd3desk.ui.queue_model import QueueModel
+from sd3desk.ui.widgets import named
 
 
 class QueuePanel(QWidget):
     """Shows the QueueModel and turns clicks into requests. The window connects the requests
-    to the QueueRunner (the only thing that changes the queue)."""
+    to the runtime's Runner (the only thing that changes the queue)."""
 
     cancel_requested = Signal(int)
     duplicate_requested = Signal(int)
@@ -32,7 +33,7 @@ class QueuePanel(QWidget):
     def __init__(self, model: QueueModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.model = model
-        self.view = QListView(objectName="queueView", accessibleName="Job queue")
+        self.view = named(QListView(), "queueView", "Job queue")
         self.view.setModel(model)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
@@ -44,25 +45,36 @@ class QueuePanel(QWidget):
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._on_view_context_menu)
 
-        self.pause = QAction("Pause", self, checkable=True, objectName="pauseAction")
-        self.pause.setToolTip("Keep waiting jobs waiting (remembered after a restart)")
+        self.pause = self._action(
+            "Pause", "pauseAction", "Keep waiting jobs waiting (remembered after a restart)"
+        )
+        self.pause.setCheckable(True)
         self.pause.toggled.connect(self._on_pause_toggled)
-        self.stop_after = QAction("Stop after current", self, objectName="stopAfterAction")
-        self.stop_after.setToolTip("Let the running job finish, then pause the queue")
+        self.stop_after = self._action(
+            "Stop after current",
+            "stopAfterAction",
+            "Let the running job finish, then pause the queue",
+        )
         self.stop_after.triggered.connect(self.stop_after_current_requested)
-        self.cancel = QAction("Cancel job", self, objectName="cancelJobAction")
+        self.cancel = self._action(
+            "Cancel job", "cancelJobAction", "Cancel the selected jobs (Delete)"
+        )
         self.cancel.setShortcut(QKeySequence.StandardKey.Delete)
         self.cancel.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        self.cancel.setToolTip("Cancel the selected jobs (Delete)")
         self.cancel.triggered.connect(self._for_selected(self.cancel_requested, active=True))
-        self.duplicate = QAction("Duplicate", self, objectName="duplicateJobAction")
-        self.duplicate.setToolTip("Queue the selected jobs again")
+        self.duplicate = self._action(
+            "Duplicate", "duplicateJobAction", "Queue the selected jobs again"
+        )
         self.duplicate.triggered.connect(self._for_selected(self.duplicate_requested))
-        self.to_form = QAction("Load settings", self, objectName="jobSettingsAction")
-        self.to_form.setToolTip("Put the job's settings into the form")
+        self.to_form = self._action(
+            "Load settings", "jobSettingsAction", "Put the job's settings into the form"
+        )
         self.to_form.triggered.connect(self._load_settings)
-        self.clear = QAction("Clear finished", self, objectName="clearFinishedAction")
-        self.clear.setToolTip("Remove finished, failed and cancelled jobs from the list")
+        self.clear = self._action(
+            "Clear finished",
+            "clearFinishedAction",
+            "Remove finished, failed and cancelled jobs from the list",
+        )
         self.clear.triggered.connect(self.clear_finished_requested)
         self.addAction(self.cancel)
 
@@ -79,8 +91,15 @@ class QueuePanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.view, 1)
         self.view.selectionModel().selectionChanged.connect(self._update_actions)
-        model.modelReset.connect(self._update_actions)
+        for changed in (model.dataChanged, model.layoutChanged, model.rowsRemoved):
+            changed.connect(self._update_actions)
         self._update_actions()
+
+    def _action(self, text: str, name: str, tip: str) -> QAction:
+        action = QAction(text, self)
+        action.setObjectName(name)
+        action.setToolTip(tip)
+        return action
 
     def set_paused(self, paused: bool) -> None:
         self.pause.blockSignals(True)
@@ -132,7 +151,3 @@ class QueuePanel(QWidget):
         menu.addSeparator()
         menu.addAction(self.clear)
         menu.exec(self.view.viewport().mapToGlobal(position))
-
-    def current_job(self) -> Job | None:
-        index = self.view.currentIndex()
-        return index.data(JOB_ROLE) if index.isValid() else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
@@ -55,3 +57,22 @@ def apply_theme(app: QApplication, theme: Theme) -> None:
         ):
             palette.setColor(QPalette.ColorGroup.Disabled, role, disabled)
     app.setPalette(palette)
+
+
+class Tone(Enum):
+    """Colours with a meaning, the same in the light and dark palettes (both read on either)."""
+
+    error = "#d9534f"
+    warning = "#c08a00"
+    muted = "#808080"
+
+
+def tone_style(tone: Tone) -> str:
+    """A style sheet that colours a widget's text in `tone`."""
+    return f"color: {tone.value};"
+
+
+def tone_html(tone: Tone, text: str, bold: bool = False) -> str:
+    """`text` (already escaped) coloured in `tone`, for rich-text labels."""
+    tag = "b" if bold else "span"
+    return f"<{tag} style='color: {tone.value}'>{text}</{tag}>"

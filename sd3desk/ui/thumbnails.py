@@ -3,42 +3,28 @@ in-memory cache."""
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
 from sd3desk.core.gallery import make_thumbnail
+from sd3desk.runtime.background import Background
 
 SIZE = 192
 MEMORY_ITEMS = 600  # 192 px RGB32 thumbnails: ~90 MB at most
 
 
-class _Signals(QObject):
-    done = Signal(str, QImage)
-
-
-class _Job(QRunnable):
-    def __init__(self, path: str, cache_dir: Path, signals: _Signals) -> None:
-        super().__init__()
-        self.path, self.cache_dir, self.signals = path, cache_dir, signals
-
-    def run(self) -> None:
-        try:
-            image = QImage(str(make_thumbnail(self.path, self.cache_dir, SIZE)))
-        except Exception:  # unreadable or vanished file: show no thumbnail, never crash
-            image = QImage()
-        # RuntimeError: the loader was deleted meanwhile, so nobody wants this thumbnail.
-        with contextlib.suppress(RuntimeError):
-            self.signals.done.emit(self.path, image)
+def load_thumbnail(path: str, cache_dir: Path) -> QImage:
+    """The thumbnail of `path` (made and cached on disk first if needed), decoded."""
+    return QImage(str(make_thumbnail(path, cache_dir, SIZE)))
 
 
 class ThumbnailLoader(QObject):
     """Hands out thumbnails by path; asks the pool for missing ones and says when they arrive.
 
-    Thread rule: use from the GUI thread; `loaded` is emitted there (queued from the pool).
+    Thread rule: use from the GUI thread; `loaded` is emitted there.
     """
 
     loaded = Signal(str)
@@ -46,11 +32,12 @@ class ThumbnailLoader(QObject):
     def __init__(self, cache_dir: Path, pool: QThreadPool | None = None) -> None:
         super().__init__()
         self.cache_dir = Path(cache_dir)
-        self.pool = pool or QThreadPool.globalInstance()
         self._images: OrderedDict[str, QImage] = OrderedDict()
         self._pending: set[str] = set()
-        self._signals = _Signals()
-        self._signals.done.connect(self._on_pool_done)
+        self._work = Background(self, pool=pool)
+        self._work.finished.connect(self._on_work_finished)
+        # an unreadable or vanished file shows no thumbnail (it is asked for again when shown)
+        self._work.failed.connect(lambda path, _exc: self._pending.discard(path))
 
     def get(self, path: str) -> QImage | None:
         """The thumbnail if ready; else None, and it is requested."""
@@ -60,13 +47,14 @@ class ThumbnailLoader(QObject):
             return image
         if path not in self._pending:
             self._pending.add(path)
-            self.pool.start(_Job(path, self.cache_dir, self._signals))
+            cache_dir = self.cache_dir
+            self._work.submit(lambda: load_thumbnail(path, cache_dir), key=path)
         return None
 
     def forget(self, path: str) -> None:
         self._images.pop(path, None)
 
-    def _on_pool_done(self, path: str, image: QImage) -> None:
+    def _on_work_finished(self, path: str, image: QImage) -> None:
         self._pending.discard(path)
         if image.isNull():
             return

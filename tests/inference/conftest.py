@@ -11,11 +11,6 @@ from sd3desk.core.params import GenerationParams
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sd3desk-cache")
-
-
-@pytest.fixture(scope="session")
 def engine(tiny_model_dir: Path, cache_dir: Path):
     """An Engine with the tiny folder model loaded on the CPU."""
     from sd3desk.core.settings import Device

@@ -10,7 +10,9 @@ from PySide6.QtGui import QGuiApplication
 
 from sd3desk.app import create_window
 from sd3desk.core.settings import Device, MemoryPlan, Settings, Theme, load_settings
-from sd3desk.ui.notices import Level, NoticeLog, NoticesDialog
+from sd3desk.runtime.events import Level
+from sd3desk.runtime.notices import NoticeLog
+from sd3desk.ui.notices_dialog import NoticesDialog
 from sd3desk.ui.settings_dialog import SettingsDialog
 
 
@@ -21,7 +23,7 @@ def window(qtbot, tmp_path, tiny_model_dir):
     window.show()
     qtbot.waitUntil(lambda: window.gallery_panel is not None, timeout=10_000)
     yield window
-    window.controller.shutdown()
+    window.session.shutdown()
 
 
 def test_settings_dialog_edits_every_field(qtbot):
@@ -49,11 +51,11 @@ def test_settings_dialog_edits_every_field(qtbot):
 
 
 def test_new_settings_are_saved_and_reach_the_workers(window, qtbot, tmp_path):
-    controller = window.controller
-    changed = dataclasses.replace(controller.settings, use_t5=False, device=Device.cpu)
-    controller.apply_settings(changed)
+    session = window.session
+    changed = dataclasses.replace(session.settings, use_t5=False, device=Device.cpu)
+    session.apply_settings(changed)
     assert load_settings(tmp_path / "settings.json") == changed
-    worker = controller.runner.workers[0]
+    worker = window.runner.workers[0]
     qtbot.waitUntil(lambda: worker.config.use_t5 is False)
     assert worker.config.device is Device.cpu
 

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QApplication
 
 from sd3desk.app import create_window
 from sd3desk.core.params import GenerationParams, ModelFamily
-from sd3desk.ui.model_catalog import ModelEntry
+from sd3desk.runtime.catalog import ModelEntry
 
 LARGE = ModelEntry("SD3.5 Large", "/models/large", ModelFamily.sd35_large)
 LARGE_2 = ModelEntry("SD3.5 Large (second copy)", "/models/large-2", ModelFamily.sd35_large)
@@ -27,18 +27,18 @@ def open_window(qtbot):
         window = create_window(["--data-dir", str(data_dir), *argv])
         qtbot.addWidget(window)
         window.show()
-        qtbot.waitUntil(lambda: window.controller.catalog.searched, timeout=10_000)
+        qtbot.waitUntil(lambda: window.runtime.catalog.searched, timeout=10_000)
         windows.append(window)
         return window
 
     yield make
     for window in windows:
-        window.controller.shutdown()
+        window.session.shutdown()
 
 
 def offer(window, *entries: ModelEntry) -> None:
     """As if the model search had found these models."""
-    catalog = window.controller.catalog
+    catalog = window.runtime.catalog
     catalog.entries = list(entries)
     catalog.found.emit(catalog.all_entries(), [])
 
@@ -76,7 +76,7 @@ def test_picking_another_family_applies_its_defaults_but_not_within_a_family(ope
     assert (panel.steps.value(), panel.guidance.value()) == (28, 7.0)  # SD3 Medium's
     panel.steps.setValue(33)
     window.save_form()
-    window.controller.shutdown()
+    window.session.shutdown()
     again = open_window(tmp_path)  # restart: the form comes back with Medium and 33 steps
     offer(again, LARGE, LARGE_2, MEDIUM)
     p = again.prompt_panel
@@ -97,7 +97,7 @@ def test_values_beyond_a_fields_range_are_clamped_not_crashing(open_window, tmp_
         2048,
         256,
     )
-    window.controller.shutdown()
+    window.session.shutdown()
     (tmp_path / "form.json").write_text(json.dumps({"prompt": "y", "steps": 2**40}))
     again = open_window(tmp_path)
     assert (
@@ -153,13 +153,34 @@ def test_escape_in_the_gallery_search_clears_it_and_cancels_nothing(open_window,
     assert cancels == [1]
 
 
-def test_an_older_model_search_finishing_late_is_ignored(open_window, tmp_path):
-    window = open_window(tmp_path, "--model", "test")
-    catalog = window.controller.catalog
-    catalog.refresh()  # ticket n
-    catalog.refresh()  # ticket n + 1: the newest
-    newest = catalog._ticket
-    catalog._signals.found.emit(newest - 1, [LARGE], [])  # the older one finishes last
-    assert LARGE not in catalog.entries
-    catalog._signals.found.emit(newest, [MEDIUM], [])
-    assert catalog.entries == [MEDIUM]
+def test_an_older_model_search_finishing_late_is_ignored(qtbot, monkeypatch):
+    """Two searches, the older one finishing last (a slow folder): its result is dropped."""
+    import threading
+
+    from PySide6.QtCore import QThreadPool
+
+    from sd3desk.runtime import catalog as catalog_module
+
+    release_first = threading.Event()
+
+    def find_models(dirs):
+        if dirs == ("slow",):
+            release_first.wait(10)  # the first search is slow
+            return [LARGE], []
+        return [MEDIUM], []
+
+    monkeypatch.setattr(catalog_module, "find_models", find_models)
+    pool = QThreadPool()
+    pool.setMaxThreadCount(2)  # both searches at once
+    catalog = catalog_module.ModelCatalog(pool=pool)
+    found = []
+    catalog.found.connect(lambda entries, _problems: found.append(entries))
+    catalog.model_dirs = ("slow",)
+    catalog.refresh()  # the older search: still running ...
+    catalog.model_dirs = ("fast",)
+    catalog.refresh()  # ... when the newer one starts and finishes
+    qtbot.waitUntil(lambda: catalog.entries == [MEDIUM], timeout=10_000)
+    release_first.set()
+    pool.waitForDone()
+    qtbot.wait(50)  # the older result arrives now, and is dropped
+    assert catalog.entries == [MEDIUM] and len(found) == 1

@@ -193,7 +193,7 @@ def test_importing_a1111_comfyui_and_hostile_files(qtbot, panel, tmp_path):
 def test_background_rescan_picks_up_new_files(qtbot, panel, tmp_path):
     from PySide6.QtCore import Qt as QtCore_Qt
 
-    from sd3desk.ui.gallery_scanner import GalleryScanner
+    from sd3desk.runtime.gallery_scanner import GalleryScanner
 
     scanner = GalleryScanner(tmp_path / "sd3desk.db", tmp_path / "outputs")
     with qtbot.waitSignal(scanner.finished, timeout=10_000):

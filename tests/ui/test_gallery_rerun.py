@@ -11,7 +11,8 @@ from sd3desk.core.jobs import JobQueue, JobState
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.settings import Device
 from sd3desk.core.store import Store
-from sd3desk.inference.worker import QueueRunner, Worker, WorkerConfig, default_engine_factory
+from sd3desk.runtime.runner import Runner
+from sd3desk.runtime.worker import Worker, WorkerConfig, default_engine_factory
 from sd3desk.ui.gallery_model import GalleryModel
 from sd3desk.ui.gallery_panel import GalleryPanel
 from sd3desk.ui.thumbnails import ThumbnailLoader
@@ -20,13 +21,14 @@ from sd3desk.ui.thumbnails import ThumbnailLoader
 def test_rerun_exactly_gives_identical_pixels(qtbot, tmp_path, tiny_model_dir):
     store = Store(tmp_path / "sd3desk.db")
     config = WorkerConfig(out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", device=Device.cpu)
-    runner = QueueRunner(JobQueue(store), [Worker(0, config, default_engine_factory)])
+    runner = Runner(JobQueue(store))
     gallery = GalleryIndex(store, tmp_path / "out")
     panel = GalleryPanel(GalleryModel(gallery, ThumbnailLoader(tmp_path / "cache")))
     qtbot.addWidget(panel)
     finished = []
 
-    def on_job(job) -> None:
+    def on_job(event) -> None:
+        job = event.job
         if job.state is JobState.finished:
             for path in job.outputs:
                 gallery.add(path)  # what the window does with every finished image
@@ -35,7 +37,7 @@ def test_rerun_exactly_gives_identical_pixels(qtbot, tmp_path, tiny_model_dir):
 
     runner.job_changed.connect(on_job)
     panel.rerun_requested.connect(runner.enqueue)
-    runner.start()
+    runner.attach_workers([Worker(0, config, default_engine_factory)])
     try:
         runner.enqueue(
             GenerationParams(

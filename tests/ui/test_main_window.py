@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -55,12 +56,12 @@ def open_window(qtbot):
 
     yield make
     for window in windows:
-        window.controller.shutdown()
+        window.session.shutdown()
         window.close()
 
 
 def finished_jobs(window):
-    return [j for j in window.controller.queue.jobs() if j.state is JobState.finished]
+    return [j for j in list(window.runner.snapshot().jobs) if j.state is JobState.finished]
 
 
 def test_building_and_showing_the_window_imports_no_torch(tmp_path):
@@ -76,13 +77,13 @@ def test_building_and_showing_the_window_imports_no_torch(tmp_path):
         shown_without_torch = "torch" not in sys.modules
         app = QApplication.instance()
         found = []
-        window.controller.catalog.found.connect(lambda *a: found.append(1))
+        window.runtime.catalog.found.connect(lambda *a: found.append(1))
         while window.gallery_panel is None or not found:
             app.processEvents()
         app.processEvents()
         names = {OBJECT_NAMES!r}
         missing = [n for n in names if window.findChild(QWidget, n) is None]
-        window.controller.shutdown()
+        window.session.shutdown()
         print(shown_without_torch, "torch" not in sys.modules, missing)
         """
     )
@@ -99,7 +100,7 @@ def test_prompt_to_gallery_and_exact_rerun(open_window, qtbot, tiny_model_dir, t
     panel.steps.setValue(4)
     panel.set_size(256, 256)
     steps: list[int] = []
-    window.controller.runner.step_progressed.connect(
+    window.runner.step_progressed.connect(
         lambda e: steps.append(window.generation.progress.value())
     )
 
@@ -108,7 +109,7 @@ def test_prompt_to_gallery_and_exact_rerun(open_window, qtbot, tiny_model_dir, t
 
     # progress advanced step by step, and the queue timed the job as it ran
     assert steps == [1, 2, 3, 4]
-    assert window.controller.runner.live_rates
+    assert window.runner.snapshot().live_rates
     assert (
         "step 4/4" in window.generation.progress.format()
         or "done" in window.generation.progress.format()
@@ -142,7 +143,7 @@ def test_invalid_input_is_shown_by_its_field_and_queues_nothing(open_window, tmp
     width_error = window.findChild(QLabel, "widthError")
     assert prompt_error.isVisibleTo(window) and "20000" in prompt_error.text()
     assert width_error.isVisibleTo(window) and "multiple of 16" in width_error.text()
-    assert window.controller.queue.jobs() == []
+    assert list(window.runner.snapshot().jobs) == []
     # fixing the field clears its message
     panel.width_spin.setValue(1024)
     assert not width_error.isVisibleTo(window)
@@ -154,7 +155,7 @@ def test_no_model_means_an_error_not_a_job(open_window, tmp_path):
     window.prompt_panel.prompt.setPlainText("a cat")
     assert window.generate() is None
     assert "pick a model" in window.findChild(QLabel, "modelError").text()
-    assert window.controller.queue.jobs() == []
+    assert list(window.runner.snapshot().jobs) == []
 
 
 def test_form_settings_and_layout_survive_a_restart(open_window, qtbot, tmp_path):
@@ -168,13 +169,11 @@ def test_form_settings_and_layout_survive_a_restart(open_window, qtbot, tmp_path
     panel.guidance.setValue(3.5)
     panel.set_size(1344, 768)
     panel.batch.setValue(3)
-    controller = window.controller
-    controller.apply_settings(
-        type(controller.settings)(**{**controller.settings.__dict__, "theme": Theme.dark})
-    )
+    session = window.session
+    session.apply_settings(dataclasses.replace(session.settings, theme=Theme.dark))
     window.save_form()  # the form saves itself a second after each edit; do it now
     window.save_layout()
-    controller.shutdown()
+    session.shutdown()
 
     again = open_window("--data-dir", data)
     p = again.prompt_panel
@@ -185,7 +184,7 @@ def test_form_settings_and_layout_survive_a_restart(open_window, qtbot, tmp_path
     assert (p.width_spin.value(), p.height_spin.value()) == (1344, 768)
     assert p.aspect.currentData() == "16:9"
     assert load_settings(tmp_path / "settings.json").theme is Theme.dark
-    assert again.controller.settings.theme is Theme.dark
+    assert again.session.settings.theme is Theme.dark
 
 
 def test_form_is_saved_while_typing(open_window, qtbot, tmp_path):
@@ -201,7 +200,7 @@ def test_form_is_saved_while_typing(open_window, qtbot, tmp_path):
 
 def test_first_run_without_models_opens_the_setup_dialog(open_window, qtbot, tmp_path):
     window = open_window("--data-dir", str(tmp_path))
-    qtbot.waitUntil(lambda: getattr(window, "setup_dialog", None) is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: window.setup_dialog is not None, timeout=10_000)
     dialog = window.setup_dialog
     assert dialog.isVisible()
     qtbot.mouseClick(dialog.findChild(QWidget, "useTestModelButton"), Qt.MouseButton.LeftButton)
@@ -211,9 +210,9 @@ def test_first_run_without_models_opens_the_setup_dialog(open_window, qtbot, tmp
 
 def test_queue_panel_pause_reorder_duplicate_cancel_clear(open_window, qtbot, tmp_path):
     window = open_window("--data-dir", str(tmp_path), "--model", "test")
-    queue_panel, controller = window.queue_panel, window.controller
+    queue_panel, runner = window.queue_panel, window.runner
     queue_panel.pause.trigger()  # paused: nothing runs, and it is remembered
-    assert controller.queue.paused
+    assert runner.snapshot().paused
     window.prompt_panel.prompt.setPlainText("first")
     first = window.generate()
     window.prompt_panel.prompt.setPlainText("second")
@@ -224,18 +223,18 @@ def test_queue_panel_pause_reorder_duplicate_cancel_clear(open_window, qtbot, tm
     # drag the second job above the first
     mime = model.mimeData([model.index(1)])
     model.dropMimeData(mime, Qt.DropAction.MoveAction, 0, 0, model.index(0).parent())
-    assert [j.id for j in controller.queue.queued()] == [second.id, first.id]
+    assert [j.id for j in runner.snapshot().waiting] == [second.id, first.id]
     # duplicate, then cancel the copy
     queue_panel.select_job(first.id)
     queue_panel.duplicate.trigger()
-    copy = controller.queue.queued()[-1]
+    copy = runner.snapshot().waiting[-1]
     assert copy.params == first.params and copy.id not in (first.id, second.id)
     queue_panel.view.clearSelection()
     queue_panel.select_job(copy.id)
     queue_panel.cancel.trigger()
-    assert controller.queue.get(copy.id).state is JobState.cancelled
+    assert runner.job(copy.id).state is JobState.cancelled
     queue_panel.clear.trigger()
-    assert [j.id for j in controller.queue.jobs()] == [second.id, first.id]
+    assert [j.id for j in runner.snapshot().jobs] == [second.id, first.id]
 
 
 def test_escape_cancels_the_running_job_and_failures_become_notices(
@@ -250,21 +249,17 @@ def test_escape_cancels_the_running_job_and_failures_become_notices(
     qtbot.waitUntil(lambda: window.generation.progress.value() >= 1, timeout=90_000)
     assert panel.cancel_button.isEnabled()
     qtbot.keyClick(panel.prompt, Qt.Key.Key_Escape)
-    qtbot.waitUntil(
-        lambda: window.controller.queue.get(job.id).state is JobState.cancelled, timeout=30_000
-    )
+    qtbot.waitUntil(lambda: window.runner.job(job.id).state is JobState.cancelled, timeout=30_000)
     assert not panel.cancel_button.isEnabled()
 
     panel.select_model(str(tmp_path / "missing-model"))
     failed = window.generate()
-    qtbot.waitUntil(
-        lambda: window.controller.queue.get(failed.id).state is JobState.failed, timeout=30_000
-    )
-    notices = window.controller.notices.notices
+    qtbot.waitUntil(lambda: window.runner.job(failed.id).state is JobState.failed, timeout=30_000)
+    notices = window.runtime.notices.notices
     assert any("failed" in n.message and n.level.value == "error" for n in notices)
     assert "Notices (" in window.notices_button.text()
     assert "Traceback" not in window.notice_label.toolTip()
-    text = window.controller.diagnostics()
+    text = window.diagnostics()
     assert "sd3desk" in text and "PySide6" in text
 
 
@@ -303,7 +298,7 @@ def test_dropping_an_a1111_image_fills_the_form_and_keeps_the_model(open_window,
     assert (panel.width_spin.value(), panel.height_spin.value()) == (832, 1216)
     assert not panel.random_seed.isChecked()
     assert panel.model_reference() == "test"  # another tool's model name is not a model here
-    assert any("Sampler: DPM++ 2M" in n.message for n in window.controller.notices.notices)
+    assert any("Sampler: DPM++ 2M" in n.message for n in window.runtime.notices.notices)
 
 
 def test_layout_is_saved_without_closing(open_window, qtbot, tmp_path):
@@ -311,7 +306,7 @@ def test_layout_is_saved_without_closing(open_window, qtbot, tmp_path):
     window.queue_dock.hide()
     ini = tmp_path / "window.ini"
     qtbot.waitUntil(lambda: ini.exists(), timeout=5_000)
-    window.controller.shutdown()
+    window.session.shutdown()
     again = open_window("--data-dir", str(tmp_path))
     assert not again.queue_dock.isVisible() and again.gallery_dock.isVisible()
 
@@ -323,7 +318,7 @@ def test_ctrl_enter_in_the_prompt_queues_without_a_newline(open_window, qtbot, t
     panel.prompt.setPlainText("a cat")
     panel.prompt.setFocus()
     qtbot.keyClick(panel.prompt, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
-    jobs = window.controller.queue.jobs()
+    jobs = list(window.runner.snapshot().jobs)
     assert [j.params.prompt for j in jobs] == ["a cat"]
     assert panel.prompt.toPlainText() == "a cat"
 
@@ -337,8 +332,69 @@ def test_dragging_several_waiting_jobs_keeps_their_list_order(open_window, tmp_p
         jobs.append(window.generate())
     a, b, c, d, e = (j.id for j in jobs)
     model = window.queue_panel.model
-    queue = window.controller.queue
+    runner = window.runner
     # B then A (selection order), dropped before E: they land as A, B
     mime = model.mimeData([model.index(1), model.index(0)])
     model.dropMimeData(mime, Qt.DropAction.MoveAction, 4, 0, model.index(0).parent())
-    assert [j.id for j in queue.queued()] == [c, d, a, b, e]
+    assert [j.id for j in runner.snapshot().waiting] == [c, d, a, b, e]
+
+
+def test_generate_clicks_before_the_workers_exist_queue_and_then_run(open_window, qtbot, tmp_path):
+    """The runner exists with the window; workers come after the first frame. Three quick clicks
+    before that are three jobs, which run once the workers are up."""
+    window = open_window("--data-dir", str(tmp_path), "--model", "test", started=False)
+    panel = window.prompt_panel
+    panel.prompt.setPlainText("early")
+    panel.steps.setValue(2)
+    button = window.findChild(QWidget, "generateButton")
+    for _ in range(3):
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    assert window.runner.workers == []  # nothing has started yet
+    assert [j.params.prompt for j in window.runner.snapshot().waiting] == ["early"] * 3
+    qtbot.waitUntil(lambda: len(finished_jobs(window)) == 3, timeout=90_000)
+
+
+def test_the_queue_view_keeps_its_selection_while_jobs_run(open_window, qtbot, tmp_path):
+    window = open_window("--data-dir", str(tmp_path), "--model", "test")
+    window.queue_panel.pause.trigger()
+    panel = window.prompt_panel
+    panel.steps.setValue(2)
+    jobs = []
+    for name in "abc":
+        panel.prompt.setPlainText(name)
+        jobs.append(window.generate())
+    queue_panel = window.queue_panel
+    queue_panel.select_job(jobs[2].id)
+    queue_panel.view.selectionModel().select(
+        queue_panel.model.index(queue_panel.model.row_of(jobs[2].id)),
+        QItemSelectionModel.SelectionFlag.ClearAndSelect,
+    )
+    rows_seen: set[int] = set()
+    window.runner.queue_changed.connect(
+        lambda _e: rows_seen.add(queue_panel.model.row_of(jobs[2].id))
+    )
+    queue_panel.pause.trigger()  # resume: a and b run, then c; their rows move past c's
+    qtbot.waitUntil(lambda: len(finished_jobs(window)) == 3, timeout=90_000)
+    assert len(rows_seen) > 1  # c's row moved while the others ran
+    assert [j.id for j in queue_panel.selected()] == [jobs[2].id]
+    assert queue_panel.view.currentIndex().row() == queue_panel.model.row_of(jobs[2].id)
+
+
+def test_a_job_failed_by_crash_recovery_is_a_notice_in_the_window(open_window, tmp_path):
+    """The app stopped twice during a job: the job fails when the queue opens, and the window
+    says so (this notice used to go to a copy nobody showed)."""
+    from sd3desk.core.jobs import JobQueue
+    from sd3desk.core.params import GenerationParams
+    from sd3desk.core.store import Store
+
+    for _ in range(2):  # two runs that each died during the job
+        queue = JobQueue(Store(tmp_path / "sd3desk.db"))
+        if not queue.queued():
+            queue.enqueue(GenerationParams("a crash", seed=1, model="test"))
+        queue.mark_running(queue.queued()[0].id)
+        queue.store.close()
+    window = open_window("--data-dir", str(tmp_path), "--model", "test", started=False)
+    assert "stopped twice" in window.notice_label.toolTip()
+    assert window.notices_button.text() == "Notices (1)"
+    failed = [j for j in window.runner.snapshot().done if j.state is JobState.failed]
+    assert [j.params.prompt for j in failed] == ["a crash"]

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import json
 import pickle
-import threading
 from pathlib import Path
 
 import pytest
-from fakehub import GOOD_TOKEN, SERVED_CHUNK, FakeHub, FakeRepo
+from fakehub import GOOD_TOKEN, SERVED_CHUNK, FakeHub, FakeRepo, python_threads
 from PySide6.QtCore import Qt, QThreadPool
 from PySide6.QtWidgets import QPushButton
 
 from sd3desk.core import downloads
 from sd3desk.core.errors import ModelError
-from sd3desk.core.settings import AppPaths
 from sd3desk.inference.models import ModelKind, resolve_model
+from sd3desk.runtime.catalog import ModelCatalog
 from sd3desk.ui import model_setup_dialog
-from sd3desk.ui.model_catalog import ModelCatalog
 from sd3desk.ui.model_setup_dialog import ModelSetupDialog
 
 TINY = "test/tiny-sd3"
@@ -35,9 +33,9 @@ TIMEOUT_MS = 10_000
 @pytest.fixture(autouse=True)
 def no_threads_left():
     """Whatever a test started (download thread, Hub server, request threads) has ended."""
-    before = set(threading.enumerate())
+    before = python_threads()
     yield
-    assert set(threading.enumerate()) <= before
+    assert python_threads() <= before
 
 
 @pytest.fixture
@@ -55,9 +53,7 @@ def open_dialog(qtbot, tmp_path, pool):
 
     def open_(model_dirs=(), endpoint: str | None = None) -> ModelSetupDialog:
         catalog = ModelCatalog(tuple(model_dirs), pool=pool)
-        dialog = ModelSetupDialog(
-            catalog, AppPaths.default(tmp_path / "data"), endpoint=endpoint, cache_dir=None
-        )
+        dialog = ModelSetupDialog(catalog, endpoint=endpoint, cache_dir=None)
         qtbot.addWidget(dialog)
         dialog.show()
         made.append(dialog)
@@ -67,7 +63,7 @@ def open_dialog(qtbot, tmp_path, pool):
     for dialog in made:
         dialog.cancel()
         qtbot.waitUntil(lambda d=dialog: not d.busy(), timeout=TIMEOUT_MS)
-        assert dialog._thread is None or not dialog._thread.is_alive()
+        assert dialog.download_pool.waitForDone(TIMEOUT_MS)
     pool.waitForDone()
     qtbot.wait(10)  # deliver the last queued reports while the dialogs still exist
 

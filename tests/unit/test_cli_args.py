@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sd3desk.cli import EXIT_MODEL, EXIT_USAGE, main
+from sd3desk.cli import main
+from sd3desk.core.errors import ExitCode
 
 
 def run(capsys, *argv):
@@ -39,7 +40,7 @@ def test_invalid_arguments_exit_2_naming_the_field(capsys, tmp_path, extra, fiel
         "x",
         *extra,
     )
-    assert code == EXIT_USAGE
+    assert code == ExitCode.usage
     assert field in err
     assert not (tmp_path / "outputs").exists()
 
@@ -47,7 +48,7 @@ def test_invalid_arguments_exit_2_naming_the_field(capsys, tmp_path, extra, fiel
 def test_argparse_errors_also_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["generate", "--prompt", "x"])
-    assert info.value.code == EXIT_USAGE
+    assert info.value.code == ExitCode.usage
     assert "--model" in capsys.readouterr().err
 
 
@@ -62,7 +63,7 @@ def test_missing_model_exits_3_with_advice(capsys, tmp_path):
         "--prompt",
         "x",
     )
-    assert code == EXIT_MODEL
+    assert code == ExitCode.model
     assert "no model at" in err
 
 
@@ -73,7 +74,7 @@ def test_pickle_models_are_refused(capsys, tmp_path, suffix):
     code, _, err = run(
         capsys, "--data-dir", str(tmp_path), "generate", "--model", str(bad), "--prompt", "x"
     )
-    assert code == EXIT_MODEL
+    assert code == ExitCode.model
     assert "never loads" in err and "safetensors" in err
 
 
@@ -88,7 +89,7 @@ def test_uncached_repo_id_says_how_to_download(capsys, tmp_path):
         "--prompt",
         "x",
     )
-    assert code == EXIT_MODEL
+    assert code == ExitCode.model
     assert "not in the Hugging Face cache" in err and "hf download" in err
 
 

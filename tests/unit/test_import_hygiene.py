@@ -1,11 +1,12 @@
-"""Core and CLI start-up never import the ML stack (the window must open before it loads)."""
+"""Core, the runtime and the front doors never import the ML stack when imported (the window
+must open before it loads; the worker imports it on its own thread)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-CORE = [
+TORCH_FREE = [
     "sd3desk.core.params",
     "sd3desk.core.metadata",
     "sd3desk.core.settings",
@@ -17,12 +18,19 @@ CORE = [
     "sd3desk.core.jobs",
     "sd3desk.core.gallery",
     "sd3desk.ui.gallery_panel",
+    "sd3desk.runtime.runtime",
+    "sd3desk.runtime.runner",
+    "sd3desk.runtime.worker",
+    "sd3desk.runtime.catalog",
+    "sd3desk.headless",
+    "sd3desk.app",
+    "sd3desk.selftest",
 ]
 
 
 def test_core_and_cli_import_without_torch():
     code = (
-        f"import sys; [__import__(m) for m in {CORE!r}]; "
+        f"import sys; [__import__(m) for m in {TORCH_FREE!r}]; "
         "from sd3desk.cli import build_parser; build_parser(); "
         "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"

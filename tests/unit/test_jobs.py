@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from sd3desk.core.jobs import CRASH_LIMIT, JobQueue, JobState, SeedPolicy, TransitionError
+from sd3desk.core.jobs import CRASH_LIMIT, FailureKind, JobQueue, JobState, TransitionError
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.store import SCHEMA_VERSION, Store
 
@@ -43,15 +43,16 @@ def test_front_back_and_moves(db_path):
     a, b, c = (queue.enqueue(P) for _ in range(3))
     d = queue.enqueue(P, front=True)
     assert ids(queue.queued()) == [d.id, a.id, b.id, c.id]
-    queue.move(c.id, "up")
-    assert ids(queue.queued()) == [d.id, a.id, c.id, b.id]
-    queue.move(d.id, "down")
-    queue.move(b.id, "top")
-    assert ids(queue.queued()) == [b.id, a.id, d.id, c.id]
-    queue.move_to(b.id, 3)
-    assert ids(queue.queued()) == [a.id, d.id, c.id, b.id]
-    assert queue.position(c.id) == 3
-    assert ids(open_queue(db_path).queued()) == [a.id, d.id, c.id, b.id]
+    queue.place([c.id], 1)
+    assert ids(queue.queued()) == [d.id, c.id, a.id, b.id]
+    queue.place([b.id], 0)  # to the top
+    assert ids(queue.queued()) == [b.id, d.id, c.id, a.id]
+    queue.place([b.id], 3)
+    assert ids(queue.queued()) == [d.id, c.id, a.id, b.id]
+    assert queue.position(a.id) == 3
+    assert ids(open_queue(db_path).queued()) == [d.id, c.id, a.id, b.id]
+    e, f = queue.enqueue_many([P, P], front=True)  # several at the front keep their order
+    assert ids(queue.queued())[:3] == [e.id, f.id, d.id]
 
 
 def test_transitions_are_checked(db_path):
@@ -62,7 +63,7 @@ def test_transitions_are_checked(db_path):
     with pytest.raises(TransitionError):
         queue.mark_running(job.id)
     with pytest.raises(TransitionError):
-        queue.move(job.id, "up")
+        queue.mark_cancelled(job.id)
     assert queue.get(job.id).outputs == ("/out/1.png",)
     assert queue.get(job.id).state is JobState.finished
 
@@ -73,22 +74,13 @@ def test_cancel_duplicate_clear(db_path):
     copy = queue.duplicate(a.id)
     assert ids(queue.queued()) == [a.id, copy.id, b.id]
     assert copy.params == a.params
-    queue.cancel_queued(b.id)
+    queue.mark_cancelled(b.id)
     assert queue.get(b.id).state is JobState.cancelled
     queue.mark_running(a.id)
-    queue.mark_failed(a.id, "oom", "out of memory", "smaller size")
+    queue.mark_failed(a.id, FailureKind.out_of_memory, "out of memory", "smaller size")
+    assert queue.get(a.id).error_kind is FailureKind.out_of_memory
     assert queue.clear_finished() == 2
     assert ids(queue.jobs()) == [copy.id]
-
-
-def test_variations_follow_the_seed_policy(db_path):
-    queue = open_queue(db_path)
-    fixed = queue.enqueue_variations(P, 3, SeedPolicy.fixed)
-    assert [j.params.seed for j in fixed] == [10, 10, 10]
-    stepped = queue.enqueue_variations(P.replace(batch_size=2), 3, SeedPolicy.increment)
-    assert [j.params.seed for j in stepped] == [10, 12, 14]  # no image repeats a seed
-    randomised = queue.enqueue_variations(P, 3, SeedPolicy.random)
-    assert randomised[0].params.seed == 10 and len({j.params.seed for j in randomised}) == 3
 
 
 def test_pause_is_remembered(db_path):
@@ -116,13 +108,14 @@ def test_a_crash_puts_the_running_job_back_in_front_and_twice_fails_it(db_path):
     assert again.get(b.id).crashes == CRASH_LIMIT
     assert "stopped twice" in again.get(b.id).error_message
     assert ids(again.queued()) == [a.id, c.id]
-    assert any("stopped twice" in n for n in again.notices)
+    assert [(j.id, j.error_kind) for j in again.recovered] == [(b.id, FailureKind.crash)]
+    assert ids(after.recovered) == [b.id] and after.recovered[0].state is JobState.queued
 
 
 def test_a_corrupt_database_is_moved_aside_not_deleted(db_path):
     db_path.write_bytes(b"this is not sqlite" * 100)
     queue = open_queue(db_path)
-    assert queue.notices and "moved to" in queue.notices[0]
+    assert queue.store.notices and "moved to" in queue.store.notices[0]
     aside = [p for p in db_path.parent.iterdir() if ".unreadable-" in p.name]
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not sqlite")
     assert queue.enqueue(P).id == 1
@@ -133,23 +126,23 @@ def test_a_newer_schema_is_not_touched(db_path):
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
     db.close()
     queue = open_queue(db_path)
-    assert "newer" in queue.notices[0]
+    assert "newer" in queue.store.notices[0]
 
 
 def test_eta_uses_measured_speed_and_marks_first_use_estimates(db_path):
     queue = open_queue(db_path)
     a = queue.enqueue(P)
     b = queue.enqueue(P.replace(batch_size=2))
-    first = queue.eta(b.id)
-    assert first is not None and first.estimated
+    first = queue.etas()[b.id]
+    assert first.estimated
     queue.record_timing(P, 0.5)
-    eta = queue.eta(b.id)
+    eta = queue.etas()[b.id]
     assert not eta.estimated
     assert eta.seconds == pytest.approx(0.5 * 20 + 0.5 * 20 * 2)
     queue.mark_running(a.id)
-    assert queue.eta(b.id, {a.id: 10}).seconds == pytest.approx(0.5 * 10 + 0.5 * 40)
+    assert queue.etas({a.id: 10})[b.id].seconds == pytest.approx(0.5 * 10 + 0.5 * 40)
     bigger = queue.enqueue(P.replace(width=1024, height=1024))
-    assert queue.eta(bigger.id).estimated  # scaled from the 512² measurement, and says so
+    assert queue.etas()[bigger.id].estimated  # scaled from the 512² measurement, and says so
 
 
 def test_live_rates_of_the_running_job_replace_guesses_and_old_timings(db_path):
@@ -182,7 +175,7 @@ def test_place_moves_several_jobs_in_order_and_skips_running_ones(db_path):
 
 def test_a_thousand_jobs_restore_in_order(db_path):
     queue = open_queue(db_path)
-    made = queue.enqueue_variations(P, 1000)
+    made = queue.enqueue_many([P.replace(seed=P.seed + k) for k in range(1000)])
     restored = open_queue(db_path).queued()
     assert ids(restored) == ids(made)
     assert restored[-1].params.seed == P.seed + 999

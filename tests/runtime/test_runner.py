@@ -1,4 +1,4 @@
-"""The QThread worker and the queue runner on the tiny model, plus a fault-injecting engine."""
+"""The runner and its QThread workers on the tiny model, plus a fault-injecting engine."""
 
 from __future__ import annotations
 
@@ -8,30 +8,42 @@ from pathlib import Path
 import pytest
 
 from sd3desk.core.errors import ModelError, OutOfMemoryError
-from sd3desk.core.jobs import JobQueue, JobState
+from sd3desk.core.jobs import FailureKind, Job, JobQueue, JobState
 from sd3desk.core.metadata import read_metadata
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.settings import Device
 from sd3desk.core.store import Store
-from sd3desk.inference.worker import (
-    JobFailed,
-    QueueRunner,
-    Worker,
-    WorkerConfig,
-    default_engine_factory,
-)
+from sd3desk.runtime.events import EngineStatus
+from sd3desk.runtime.runner import Runner
+from sd3desk.runtime.worker import Worker, WorkerConfig, default_engine_factory
 
 TIMEOUT = 60_000
+
+
+class Rig(Runner):
+    """A Runner with the workers it will start (`start()`, as Runtime.start_workers does)."""
+
+    def __init__(self, queue: JobQueue, workers: list[Worker]) -> None:
+        super().__init__(queue)
+        self.made = workers
+
+    def start(self) -> None:
+        self.attach_workers(self.made)
+
+    def get(self, job_id: int) -> Job:
+        job = self.job(job_id)
+        assert job is not None
+        return job
 
 
 @pytest.fixture
 def make_runner(tmp_path, cache_dir, qtbot):
     runners = []
 
-    def make(workers: int = 1, factory=default_engine_factory) -> QueueRunner:
+    def make(workers: int = 1, factory=default_engine_factory) -> Rig:
         queue = JobQueue(Store(tmp_path / "sd3desk.db"))
         config = WorkerConfig(out_dir=tmp_path / "out", cache_dir=cache_dir, device=Device.cpu)
-        runner = QueueRunner(queue, [Worker(i, config, factory) for i in range(workers)])
+        runner = Rig(queue, [Worker(i, config, factory) for i in range(workers)])
         runners.append(runner)
         return runner
 
@@ -47,10 +59,10 @@ def params(model: Path, **changes) -> GenerationParams:
     return base.replace(**changes)
 
 
-def wait_done(qtbot, runner: QueueRunner, *job_ids: int) -> None:
+def wait_done(qtbot, runner: Rig, *job_ids: int) -> None:
     qtbot.waitUntil(
         lambda: all(
-            runner.queue.get(j).state in (JobState.finished, JobState.failed, JobState.cancelled)
+            runner.get(j).state in (JobState.finished, JobState.failed, JobState.cancelled)
             for j in job_ids
         ),
         timeout=TIMEOUT,
@@ -61,20 +73,22 @@ def test_jobs_run_in_order_and_land_as_pngs(qtbot, make_runner, tiny_model_dir, 
     runner = make_runner()
     steps, states = [], []
     runner.step_progressed.connect(steps.append)
-    runner.engine_state_changed.connect(lambda s: states.append(s.state))
+    runner.engine_state_changed.connect(lambda s: states.append(s.status))
     runner.start()
     a = runner.enqueue(params(tiny_model_dir))
     b = runner.enqueue(params(tiny_model_dir, seed=None, batch_size=2))
     wait_done(qtbot, runner, a.id, b.id)
-    done_a, done_b = runner.queue.get(a.id), runner.queue.get(b.id)
+    done_a, done_b = runner.get(a.id), runner.get(b.id)
     assert done_a.state is done_b.state is JobState.finished
     assert len(done_a.outputs) == 1 and len(done_b.outputs) == 2
     meta = read_metadata(done_b.outputs[1])
     assert meta.params.seed == done_b.params.seed + 1
     assert [s.step for s in steps if s.job_id == a.id] == [1, 2, 3]
-    assert states.count("loading") >= 1 and "generating" in states
-    assert states.index("starting") == 0
-    assert runner.eta(runner.queue.enqueue(params(tiny_model_dir)).id).estimated is False
+    assert states.count(EngineStatus.loading) >= 1 and EngineStatus.generating in states
+    assert states.index(EngineStatus.starting) == 0
+    runner.set_paused(True)
+    later = runner.enqueue(params(tiny_model_dir))
+    assert runner.snapshot().etas[later.id].estimated is False  # timed by the jobs before
 
 
 def test_cancel_running_job_stops_within_a_step_and_writes_nothing(
@@ -89,11 +103,11 @@ def test_cancel_running_job_stops_within_a_step_and_writes_nothing(
     qtbot.waitUntil(lambda: len(seen) >= 2, timeout=TIMEOUT)
     runner.cancel(long.id)
     wait_done(qtbot, runner, long.id, after.id)
-    assert runner.queue.get(long.id).state is JobState.cancelled
+    assert runner.get(long.id).state is JobState.cancelled
     assert max(seen) < 150
-    assert runner.queue.get(after.id).state is JobState.finished
+    assert runner.get(after.id).state is JobState.finished
     pngs = list((tmp_path / "out").rglob("*.png"))
-    assert [str(p) for p in pngs] == list(runner.queue.get(after.id).outputs)
+    assert [str(p) for p in pngs] == list(runner.get(after.id).outputs)
 
 
 def test_cancel_queued_pause_and_stop_after_current(qtbot, make_runner, tiny_model_dir):
@@ -102,16 +116,16 @@ def test_cancel_queued_pause_and_stop_after_current(qtbot, make_runner, tiny_mod
     runner.start()
     a, b, c = (runner.enqueue(params(tiny_model_dir)) for _ in range(3))
     qtbot.wait(200)
-    assert runner.queue.get(a.id).state is JobState.queued  # paused: nothing starts
+    assert runner.get(a.id).state is JobState.queued  # paused: nothing starts
     runner.cancel(b.id)
-    assert runner.queue.get(b.id).state is JobState.cancelled
+    assert runner.get(b.id).state is JobState.cancelled
     runner.stop_after_current()
     runner.set_paused(False)  # resuming clears "stop after current"
     runner.stop_after_current()
     wait_done(qtbot, runner, a.id)
     qtbot.wait(200)
-    assert runner.queue.paused
-    assert runner.queue.get(c.id).state is JobState.queued
+    assert runner.snapshot().paused
+    assert runner.get(c.id).state is JobState.queued
 
 
 class FaultyEngine:
@@ -146,16 +160,22 @@ def test_faults_fail_only_their_job(qtbot, make_runner, tiny_model_dir):
             ModelError("cannot read model", "download again"),
         )
     )
-    failures: list[JobFailed] = []
-    runner.job_failed.connect(failures.append)
+    failures: list[Job] = []
+    runner.job_changed.connect(
+        lambda e: failures.append(e.job) if e.job.state is JobState.failed else None
+    )
     runner.start()
     jobs = [runner.enqueue(params(tiny_model_dir)) for _ in range(4)]
     wait_done(qtbot, runner, *(j.id for j in jobs))
-    states = [runner.queue.get(j.id).state for j in jobs]
+    states = [runner.get(j.id).state for j in jobs]
     assert states == [JobState.failed, JobState.failed, JobState.failed, JobState.finished]
-    assert [f.kind for f in failures] == ["model", "out_of_memory", "error"]
-    assert runner.queue.get(jobs[1].id).error_advice == "try a smaller size"
-    assert "a bad step" in failures[2].message
+    assert [f.error_kind for f in failures] == [
+        FailureKind.model,
+        FailureKind.out_of_memory,
+        FailureKind.error,
+    ]
+    assert runner.get(jobs[1].id).error_advice == "try a smaller size"
+    assert "a bad step" in failures[2].error_message
 
 
 def test_a_missing_model_fails_the_job_with_the_reason(
@@ -166,20 +186,20 @@ def test_a_missing_model_fails_the_job_with_the_reason(
     bad = runner.enqueue(params(tmp_path / "missing.safetensors"))
     good = runner.enqueue(params(tiny_model_dir))
     wait_done(qtbot, runner, bad.id, good.id)
-    assert runner.queue.get(bad.id).error_kind == "model"
-    assert "no model at" in runner.queue.get(bad.id).error_message
-    assert runner.queue.get(good.id).state is JobState.finished
+    assert runner.get(bad.id).error_kind is FailureKind.model
+    assert "no model at" in runner.get(bad.id).error_message
+    assert runner.get(good.id).state is JobState.finished
 
 
 def test_two_workers_share_one_queue(qtbot, make_runner, tiny_model_dir):
     runner = make_runner(workers=2)
     used = set()
-    for worker in runner.workers:
+    for worker in runner.made:
         worker.job_started.connect(lambda e: used.add(e.worker))
     runner.start()
     jobs = [runner.enqueue(params(tiny_model_dir, seed=k, steps=6)) for k in range(6)]
     wait_done(qtbot, runner, *(j.id for j in jobs))
-    outcomes = [(runner.queue.get(j.id).state, runner.queue.get(j.id).error_message) for j in jobs]
+    outcomes = [(runner.get(j.id).state, runner.get(j.id).error_message) for j in jobs]
     assert all(state is JobState.finished for state, _ in outcomes), outcomes
     assert used == {0, 1}
 
@@ -208,10 +228,10 @@ def test_halt_puts_the_running_job_back_in_front(qtbot, make_runner, tiny_model_
     qtbot.waitUntil(lambda: len(steps) >= 1, timeout=TIMEOUT)
     with qtbot.waitSignal(runner.idle, timeout=TIMEOUT):
         runner.halt()
-    job = runner.queue.get(long.id)
+    job = runner.get(long.id)
     assert job.state is JobState.queued and job.note.startswith("interrupted")
-    assert [j.id for j in runner.queue.queued()] == [long.id, later.id]
-    assert not runner.queue.paused  # a halt ends this run; it is not a remembered pause
+    assert [j.id for j in runner.snapshot().waiting] == [long.id, later.id]
+    assert not runner.snapshot().paused  # a halt ends this run; it is not a remembered pause
 
 
 def test_a_job_for_another_model_switches_models(qtbot, make_runner, tiny_model_dir, tmp_path):
@@ -221,7 +241,9 @@ def test_a_job_for_another_model_switches_models(qtbot, make_runner, tiny_model_
     runner = make_runner()
     loads = []
     runner.engine_state_changed.connect(
-        lambda s: loads.append(s.text) if s.state == "loading" and s.stage == 1 else None
+        lambda s: (
+            loads.append(s.text) if s.status is EngineStatus.loading and s.stage == 1 else None
+        )
     )
     runner.start()
     jobs = [
@@ -231,9 +253,9 @@ def test_a_job_for_another_model_switches_models(qtbot, make_runner, tiny_model_
         runner.enqueue(params(tiny_model_dir)),
     ]
     wait_done(qtbot, runner, *(j.id for j in jobs))
-    assert all(runner.queue.get(j.id).state is JobState.finished for j in jobs)
+    assert all(runner.get(j.id).state is JobState.finished for j in jobs)
     assert len(loads) == 3  # the second job reused the loaded model
-    names = [read_metadata(runner.queue.get(j.id).outputs[0]).model.name for j in jobs]
+    names = [read_metadata(runner.get(j.id).outputs[0]).model.name for j in jobs]
     assert names == ["tiny-sd3", "tiny-sd3", "tiny", "tiny-sd3"]
 
 
@@ -255,11 +277,11 @@ def test_cancelling_a_job_queued_behind_a_preload_cancels_it(qtbot, make_runner,
     runner.start()
     runner.preload(str(tiny_model_dir))  # the worker is busy loading ...
     job = runner.enqueue(params(tiny_model_dir))  # ... while this job is handed to it
-    assert runner.queue.get(job.id).state is JobState.running
+    assert runner.get(job.id).state is JobState.running
     runner.cancel(job.id)
     release.set()
     wait_done(qtbot, runner, job.id)
-    assert runner.queue.get(job.id).state is JobState.cancelled
+    assert runner.get(job.id).state is JobState.cancelled
 
 
 def test_stopping_mid_job_puts_the_job_back_first_not_as_a_crash(
@@ -276,7 +298,7 @@ def test_stopping_mid_job_puts_the_job_back_first_not_as_a_crash(
     qtbot.waitUntil(lambda: len(steps) >= 2, timeout=TIMEOUT)
     runner.halt()
     runner.stop()  # no event loop runs between halt and stop here
-    queued = runner.queue.queued()
+    queued = runner.snapshot().waiting
     assert [j.id for j in queued] == [first.id, second.id]
     assert queued[0].crashes == 0 and "stopped" in queued[0].note
 
@@ -292,13 +314,63 @@ def test_a_preload_superseded_by_another_pick_is_skipped(qtbot, make_runner, tin
 
     runner = make_runner(factory=lambda c: Recording(default_engine_factory(c), release))
     states: list[str] = []
-    runner.engine_state_changed.connect(lambda s: states.append(s.state))
+    runner.engine_state_changed.connect(lambda s: states.append(s.status))
     runner.start()
     runner.preload(str(tiny_model_dir))
     qtbot.waitUntil(lambda: loads == [str(tiny_model_dir)], timeout=TIMEOUT)  # loading now
     runner.preload("test")  # meanwhile the user scrolls past the test model ...
     runner.preload(str(tiny_model_dir))  # ... and settles back on this one
     release.set()
-    qtbot.waitUntil(lambda: states.count("ready") >= 1, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: states.count(EngineStatus.ready) >= 1, timeout=TIMEOUT)
     qtbot.wait(300)  # any further (wrong) load would have started by now
     assert loads == [str(tiny_model_dir)]
+
+
+def test_commands_from_another_thread_run_on_the_runners_thread(qtbot, tmp_path):
+    """What a server thread does: its calls are carried onto the runner's thread, return the
+    result, raise the command's own errors there, and every event comes from one thread."""
+    from sd3desk.core.errors import InvalidParamsError
+
+    runner = Runner(JobQueue(Store(tmp_path / "sd3desk.db")))  # no workers: jobs just wait
+    announced_on: set[int] = set()
+    runner.job_changed.connect(lambda _e: announced_on.add(threading.get_ident()))
+    results: dict = {}
+
+    def client() -> None:
+        results["jobs"] = [runner.enqueue(params(tmp_path)) for _ in range(3)]
+        try:
+            runner.enqueue(params(tmp_path, steps=0))
+        except InvalidParamsError as exc:
+            results["error"] = exc
+        runner.place([results["jobs"][2].id], 0)
+        results["job"] = runner.job(results["jobs"][0].id)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    qtbot.waitUntil(lambda: not thread.is_alive(), timeout=10_000)
+    a, b, c = results["jobs"]
+    assert [j.id for j in runner.snapshot().waiting] == [c.id, a.id, b.id]
+    assert results["job"].id == a.id and results["job"].state is JobState.queued
+    assert [e.field for e in results["error"].errors] == ["steps"]
+    assert announced_on == {threading.get_ident()}  # the runner's (this) thread only
+
+
+def test_a_command_from_another_thread_times_out_when_the_runners_loop_is_not_running(
+    tmp_path, monkeypatch
+):
+    from sd3desk.runtime import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "COMMAND_TIMEOUT_S", 0.2)
+    runner = Runner(JobQueue(Store(tmp_path / "sd3desk.db")))
+    failed: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            runner.enqueue(params(tmp_path))
+        except TimeoutError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    thread.join(5)  # no event loop runs here, so the call can never be carried over
+    assert failed and runner.snapshot().waiting == ()

@@ -1,0 +1,137 @@
+"""Before the window's QApplication exists on Linux: are the system libraries of Qt's xcb platform
+plugin there? Without them Qt aborts with "could not load the Qt platform plugin xcb" and a hint
+about one package; this names every missing package and the command that installs them."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from sd3desk.core.errors import ExitCode
+
+# What the Qt libraries load from the system: the xcb platform plugin's X11/xcb libraries,
+# EGL/GL, fontconfig/freetype, D-Bus and GLib (Qt's "X11 requirements"). Keys are the sonames
+# those libraries ask for (tests read them from the ELF files), values the Debian/Ubuntu packages
+# that provide them. packaging/linux_package.py makes the .deb's Depends from this table.
+SONAME_PACKAGES = {
+    "libX11.so.6": "libx11-6",
+    "libX11-xcb.so.1": "libx11-xcb1",
+    "libxcb.so.1": "libxcb1",
+    "libxcb-cursor.so.0": "libxcb-cursor0",
+    "libxcb-glx.so.0": "libxcb-glx0",
+    "libxcb-icccm.so.4": "libxcb-icccm4",
+    "libxcb-image.so.0": "libxcb-image0",
+    "libxcb-keysyms.so.1": "libxcb-keysyms1",
+    "libxcb-randr.so.0": "libxcb-randr0",
+    "libxcb-render.so.0": "libxcb-render0",
+    "libxcb-render-util.so.0": "libxcb-render-util0",
+    "libxcb-shape.so.0": "libxcb-shape0",
+    "libxcb-shm.so.0": "libxcb-shm0",
+    "libxcb-sync.so.1": "libxcb-sync1",
+    "libxcb-util.so.1": "libxcb-util1",
+    "libxcb-xfixes.so.0": "libxcb-xfixes0",
+    "libxcb-xinerama.so.0": "libxcb-xinerama0",
+    "libxcb-xinput.so.0": "libxcb-xinput0",
+    "libxcb-xkb.so.1": "libxcb-xkb1",
+    "libxkbcommon.so.0": "libxkbcommon0",
+    "libxkbcommon-x11.so.0": "libxkbcommon-x11-0",
+    "libSM.so.6": "libsm6",
+    "libICE.so.6": "libice6",
+    "libEGL.so.1": "libegl1",
+    "libGL.so.1": "libgl1",
+    "libOpenGL.so.0": "libopengl0",
+    "libGLX.so.0": "libglx0",
+    "libfontconfig.so.1": "libfontconfig1",
+    "libfreetype.so.6": "libfreetype6",
+    "libdbus-1.so.3": "libdbus-1-3",
+    "libglib-2.0.so.0": "libglib2.0-0t64 | libglib2.0-0",
+    "libgthread-2.0.so.0": "libglib2.0-0t64 | libglib2.0-0",
+    "libgobject-2.0.so.0": "libglib2.0-0t64 | libglib2.0-0",
+    "libz.so.1": "zlib1g",
+    "libzstd.so.1": "libzstd1",
+}
+# What the xcb plugin itself (libqxcb.so and libQt6XcbQpa.so.6) needs beyond Qt's own libraries
+# and the C runtime (tests/unit/test_qt_platform.py reads the plugin's ELF to keep this true).
+XCB_PLUGIN_SONAMES = (
+    "libX11.so.6",
+    "libX11-xcb.so.1",
+    "libxcb.so.1",
+    "libxcb-cursor.so.0",
+    "libxcb-icccm.so.4",
+    "libxcb-image.so.0",
+    "libxcb-keysyms.so.1",
+    "libxcb-randr.so.0",
+    "libxcb-render.so.0",
+    "libxcb-render-util.so.0",
+    "libxcb-shape.so.0",
+    "libxcb-shm.so.0",
+    "libxcb-sync.so.1",
+    "libxcb-util.so.1",
+    "libxcb-xfixes.so.0",
+    "libxcb-xkb.so.1",
+    "libxkbcommon.so.0",
+    "libxkbcommon-x11.so.0",
+    "libGL.so.1",
+    "libglib-2.0.so.0",
+    "libgthread-2.0.so.0",
+)
+
+
+def uses_xcb(environ: Mapping[str, str], platform: str = sys.platform) -> bool:
+    """Whether Qt will start on its xcb plugin (X11): Linux, unless another platform is asked
+    for (QT_QPA_PLATFORM, first choice) or this is a Wayland session, which Qt 6 prefers."""
+    if not platform.startswith("linux"):
+        return False
+    asked = environ.get("QT_QPA_PLATFORM", "").split(";")[0].split(":")[0].strip()
+    if asked:
+        return asked == "xcb"
+    wayland = environ.get("XDG_SESSION_TYPE") == "wayland" and bool(environ.get("WAYLAND_DISPLAY"))
+    return not wayland
+
+
+def loadable(soname: str) -> bool:
+    """Whether the dynamic linker finds `soname` (a library the plugin will load anyway), or it
+    ships next to Qt's own libraries (a frozen bundle)."""
+    try:
+        ctypes.CDLL(soname, mode=os.RTLD_LAZY)
+        return True
+    except OSError:
+        return any((folder / soname).exists() for folder in _bundled_library_folders())
+
+
+def _bundled_library_folders() -> list[Path]:
+    folders = []
+    spec = importlib.util.find_spec("PySide6")
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    folders += [Path(location) / "Qt" / "lib" for location in locations]
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        folders.append(Path(bundle))
+    return folders
+
+
+def missing_packages(find: Callable[[str], bool] = loadable) -> list[str]:
+    """The packages of the xcb plugin's libraries that `find` cannot find, sorted."""
+    return sorted({SONAME_PACKAGES[s] for s in XCB_PLUGIN_SONAMES if not find(s)})
+
+
+def exit_if_platform_unusable(
+    environ: Mapping[str, str] = os.environ, find: Callable[[str], bool] = loadable
+) -> None:
+    """On an X11 desktop without the libraries Qt's xcb plugin needs, print one line naming the
+    packages and how to install them, then exit 1 (Qt itself would abort with a riddle)."""
+    if not uses_xcb(environ):
+        return
+    packages = missing_packages(find)
+    if packages:
+        names = [p.split(" | ")[-1] for p in packages]  # the name older releases also know
+        print(
+            f"sd3desk: the window needs system libraries that are missing: {', '.join(names)}. "
+            f"Install them with: sudo apt install {' '.join(names)}",
+            file=sys.stderr,
+        )
+        raise SystemExit(ExitCode.error)

@@ -1,0 +1,105 @@
+"""The models sd3desk offers, found in the background (the Hugging Face cache, the user's model
+folders) so no front door waits for a disk scan. Front doors pick from this list; nothing loads a
+model from a path the catalog did not check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QThreadPool, Signal
+
+from sd3desk.core.params import FAMILY_DEFAULTS, ModelFamily
+from sd3desk.runtime.background import Background
+
+TEST_REFERENCE = "test"
+TEST_LABEL = "Test model (random weights: noise)"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One pickable model."""
+
+    label: str
+    reference: str
+    family: ModelFamily
+    detail: str = ""  # kind and path, for tooltips and the setup dialog
+
+    @property
+    def max_side(self) -> int:
+        """The largest width or height the model's position embedding allows."""
+        return FAMILY_DEFAULTS[self.family].max_side
+
+
+TEST_ENTRY = ModelEntry(TEST_LABEL, TEST_REFERENCE, ModelFamily.test, "built on first use")
+
+
+def find_models(model_dirs: tuple[Path, ...]) -> tuple[list[ModelEntry], list[str]]:
+    """Every SD3 model on disk, plus problems worth telling the user. Reads headers only."""
+    from sd3desk.inference.discovery import discover_models
+
+    sources, problems = discover_models(list(model_dirs))
+    entries = [
+        ModelEntry(
+            f"{s.name} ({s.family.value})", s.reference, s.family, f"{s.kind.value}: {s.path}"
+        )
+        for s in sources
+    ]
+    return entries, problems
+
+
+def check_model(path: str) -> ModelEntry:
+    """The model at `path` (a file or folder), checked by its headers only; raises ModelError
+    (or RefusedFormatError) saying what is wrong with it."""
+    from sd3desk.inference.models import resolve_model
+
+    source = resolve_model(path)
+    return ModelEntry(
+        f"{source.name} ({source.family.value})",
+        source.reference,
+        source.family,
+        f"{source.kind.value}: {source.path}",
+    )
+
+
+class ModelCatalog(QObject):
+    """`refresh()` looks for models on a pool thread; `found` brings (entries, problems) back.
+    The test model is always offered last.
+
+    Thread rule: use it from the thread that made it; `found` arrives there.
+    """
+
+    found = Signal(object, object)  # list[ModelEntry] (the test model included), list[str]
+
+    def __init__(self, model_dirs: tuple[Path, ...] = (), pool: QThreadPool | None = None):
+        super().__init__()
+        self.model_dirs = tuple(model_dirs)
+        self.entries: list[ModelEntry] = []
+        self.searched = False
+        self._search = Background(self, pool=pool, newest_wins=True)
+        self._search.finished.connect(self._on_search_finished)
+        self._search.failed.connect(self._on_search_failed)
+
+    def refresh(self) -> None:
+        dirs = self.model_dirs
+        self._search.submit(lambda: find_models(dirs))
+
+    def entry(self, reference: str) -> ModelEntry | None:
+        return next((e for e in self.all_entries() if e.reference == reference), None)
+
+    def family_of(self, reference: str) -> ModelFamily | None:
+        entry = self.entry(reference)
+        return entry.family if entry else None
+
+    def all_entries(self) -> list[ModelEntry]:
+        return [*self.entries, TEST_ENTRY]
+
+    def _on_search_finished(self, _key: object, result: tuple[list[ModelEntry], list[str]]):
+        self.entries, problems = result
+        self.searched = True
+        self.found.emit(self.all_entries(), problems)
+
+    def _on_search_failed(self, _key: object, exc: Exception) -> None:
+        # a broken folder must not stop the app: say so, keep what was found before
+        self.searched = True
+        self.found.emit(self.all_entries(), [f"looking for models failed: {exc}"])

@@ -1,0 +1,280 @@
+"""The QThread worker: owns one Engine on one device and runs one job at a time.
+
+torch and diffusers are imported in the worker's thread when its engine is first needed, never
+on the GUI thread. The worker never touches the JobQueue: it reports with signals carrying frozen
+dataclasses, and the runner applies them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from sd3desk.core.errors import (
+    GenerationCancelled,
+    InvalidParamsError,
+    ModelError,
+    OutOfMemoryError,
+    SD3DeskError,
+)
+from sd3desk.core.jobs import FailureKind, Job
+from sd3desk.core.settings import Device, MemoryPlan
+from sd3desk.runtime.events import (
+    EngineState,
+    EngineStatus,
+    JobCancelled,
+    JobFailed,
+    JobFinished,
+    JobStarted,
+    StepProgress,
+)
+
+if TYPE_CHECKING:
+    from sd3desk.core.params import PromptLength
+    from sd3desk.inference.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs besides its jobs."""
+
+    out_dir: Path
+    cache_dir: Path
+    device: Device = Device.auto
+    memory_plan: MemoryPlan = MemoryPlan.auto
+    model_dirs: tuple[Path, ...] = ()
+    device_index: int = 0  # which CUDA device, when several workers share the queue
+    use_t5: bool = True
+
+
+EngineFactory = Callable[[WorkerConfig], "Engine"]
+
+
+def default_engine_factory(config: WorkerConfig) -> Engine:
+    """A real Engine, with torch imported here (the worker thread) and its device picked."""
+    from sd3desk.inference.devices import import_ml_stack
+    from sd3desk.inference.engine import Engine
+
+    import_ml_stack()  # in ways that keep the GUI thread running meanwhile
+    engine = Engine(
+        config.device,
+        cache_dir=config.cache_dir,
+        model_dirs=config.model_dirs,
+        device_index=config.device_index,
+    )
+    engine.device()  # imports torch now, while the status says "Starting the engine"
+    return engine
+
+
+class Worker(QObject):
+    """Runs one job at a time on one device.
+
+    Thread rule: lives in its own QThread (moved there on creation). Jobs, preloads and new
+    settings arrive as queued signals (`submitted`, `preload()`, `reconfigure()`); it never
+    touches the JobQueue, only emits reports. `cancel()` and `prompt_length()` may be called
+    from any thread.
+    """
+
+    submitted = Signal(object)
+    preload_requested = Signal(str)  # a model reference to load before any job needs it
+    reconfigure_requested = Signal(object)  # a new WorkerConfig (the user changed settings)
+    job_started = Signal(object)
+    step_progressed = Signal(object)
+    job_finished = Signal(object)
+    job_failed = Signal(object)
+    job_cancelled = Signal(object)
+    engine_state_changed = Signal(object)
+
+    def __init__(self, index: int, config: WorkerConfig, engine_factory: EngineFactory) -> None:
+        super().__init__()
+        self.index = index
+        self.config = config
+        self._engine_factory = engine_factory
+        self._engine: Engine | None = None
+        self._wanted_model = ""  # the latest preload asked for
+        self._lock = threading.Lock()
+        self._current: tuple[int, threading.Event] | None = None
+        # Cancels for jobs not started yet (queued behind a preload or another job here).
+        self._cancel_before_start: set[int] = set()
+        self.thread_ = QThread()
+        self.thread_.setObjectName(f"sd3desk-worker-{index}")
+        self.moveToThread(self.thread_)
+        self.submitted.connect(self._run)
+        self.preload_requested.connect(self._preload)
+        self.reconfigure_requested.connect(self._reconfigure)
+
+    def start(self) -> None:
+        self.thread_.start()
+
+    def preload(self, reference: str) -> None:
+        """Load `reference` as soon as the worker is free; a newer preload supersedes it."""
+        self._wanted_model = reference
+        self.preload_requested.emit(reference)
+
+    def reconfigure(self, config: WorkerConfig) -> None:
+        """New settings, applied before the next job (a reload when they change the model)."""
+        self.reconfigure_requested.emit(config)
+
+    def stop(self) -> None:
+        self.cancel(None)
+        self.thread_.quit()
+        self.thread_.wait()
+
+    def cancel(self, job_id: int | None) -> None:
+        """Stop the running job (any job when `job_id` is None) within one step. A job handed
+        over but not started yet (the worker is still loading) is cancelled before it starts."""
+        with self._lock:
+            if self._current and (job_id is None or self._current[0] == job_id):
+                self._current[1].set()
+            elif job_id is not None:
+                self._cancel_before_start.add(job_id)
+
+    def _state(self, status: EngineStatus, text: str, **fields: Any) -> None:
+        self.engine_state_changed.emit(EngineState(self.index, status, text, **fields))
+
+    def prompt_length(self, prompt: str, max_sequence_length: int) -> PromptLength | None:
+        """Token counts per encoder with the loaded model's tokenizers; None before a model is
+        loaded. Any thread: the engine takes turns with its own prompt encoding."""
+        engine = self._engine
+        if engine is None or engine.loaded is None:
+            return None
+        try:
+            return engine.prompt_length(prompt, max_sequence_length)
+        except Exception:  # the model was swapped out meanwhile; the next edit asks again
+            log.debug("prompt length failed", exc_info=True)
+            return None
+
+    @Slot(object)
+    def _reconfigure(self, config: WorkerConfig) -> None:
+        """New settings: a device change needs a new engine; a plan or T5 change a reload."""
+        old, self.config = self.config, config
+        if self._engine is None:
+            return
+        if old.device != config.device or old.model_dirs != config.model_dirs:
+            self._engine.unload()
+            self._engine = None
+        elif (old.memory_plan, old.use_t5) != (config.memory_plan, config.use_t5):
+            self._engine.unload()  # the next job loads its model with the new plan
+
+    @Slot(str)
+    def _preload(self, reference: str) -> None:
+        """Load a model while the user is still typing; a job for it then starts at once."""
+        if reference != self._wanted_model:  # the user picked another one since
+            return
+        try:
+            self._ensure_model(reference)
+        except Exception as exc:
+            failure = _failure(0, exc)
+            self._state(EngineStatus.failed, failure.message, advice=failure.advice)
+
+    def _ensure_model(self, reference: str) -> Engine:
+        from sd3desk.inference.models import resolve_model
+
+        # 1. the engine, created here so torch is imported on this thread, not the GUI's
+        if self._engine is None:
+            self._state(EngineStatus.starting, "Starting the engine…")
+            self._engine = self._engine_factory(self.config)
+        engine = self._engine
+        # 2. the model, loaded once and kept until a job needs another one
+        loaded = engine.loaded
+        if loaded is None or loaded.source.reference != reference:
+            source = resolve_model(reference, test_model_dir=self.config.cache_dir / "test-model")
+            engine.load(
+                source,
+                self.config.memory_plan,
+                on_stage=lambda s: self._state(
+                    EngineStatus.loading, s.text + "…", stage=s.index, stages=s.total
+                ),
+                use_t5=self.config.use_t5,
+            )
+            self._ready(notices=engine.loaded_model().notices)
+        return engine
+
+    def _ready(self, notices: tuple[str, ...] = ()) -> None:
+        assert self._engine is not None
+        self._state(EngineStatus.ready, self._engine.loaded_model().describe(), notices=notices)
+
+    @Slot(object)
+    def _run(self, job: Job) -> None:
+        cancel = threading.Event()
+        with self._lock:
+            if job.id in self._cancel_before_start:
+                self._cancel_before_start.discard(job.id)
+                self.job_cancelled.emit(JobCancelled(job.id, 0))
+                return
+            self._current = (job.id, cancel)
+        self.job_started.emit(JobStarted(job.id, self.index))
+        try:
+            self.job_finished.emit(self._generate(job, cancel))
+        except GenerationCancelled as exc:
+            self.job_cancelled.emit(JobCancelled(job.id, exc.step))
+        except Exception as exc:
+            failure = _failure(job.id, exc)
+            self.job_failed.emit(failure)
+            if isinstance(exc, ModelError):
+                self._state(EngineStatus.failed, exc.message, advice=failure.advice, job_id=job.id)
+        finally:
+            with self._lock:
+                self._current = None
+
+    def _generate(self, job: Job, cancel: threading.Event) -> JobFinished:
+        from sd3desk.core.metadata import ImageMetadata
+        from sd3desk.core.outputs import save_generated
+
+        # 1-2. the engine and the job's model
+        engine = self._ensure_model(job.params.model)
+        if cancel.is_set():
+            raise GenerationCancelled(0)
+        # 3. generate, reporting every step
+        warnings = engine.prompt_length(
+            job.params.prompt, job.params.max_sequence_length
+        ).warnings()
+        if job.params.negative_prompt and not job.params.uses_cfg:
+            warnings.append("guidance <= 1 turns CFG off, so the negative prompt has no effect")
+        self._state(
+            EngineStatus.generating,
+            f"Generating job {job.id}",
+            notices=tuple(warnings),
+            job_id=job.id,
+        )
+
+        def on_step(info: Any) -> None:
+            self.step_progressed.emit(
+                StepProgress(
+                    job.id, info.step, info.total, info.elapsed_s, info.step_s, info.preview
+                )
+            )
+
+        result = engine.generate(job.params, on_step=on_step, cancel=cancel)
+        # 4. save each image atomically with its own parameters inside
+        outputs = tuple(
+            str(save_generated(image, ImageMetadata(params, result.model), self.config.out_dir))
+            for image, params in zip(result.images, result.params, strict=True)
+        )
+        self._ready()
+        per_step = result.timings.get("denoise_s", 0.0) / max(job.params.steps, 1)
+        return JobFinished(job.id, outputs, per_step, dict(result.timings))
+
+
+def _failure(job_id: int, exc: Exception) -> JobFailed:
+    """Words for the user; the traceback goes to the log only."""
+    if isinstance(exc, OutOfMemoryError):
+        return JobFailed(job_id, FailureKind.out_of_memory, exc.message, exc.advice)
+    if isinstance(exc, ModelError):
+        return JobFailed(job_id, FailureKind.model, exc.message, exc.advice)
+    if isinstance(exc, InvalidParamsError):
+        advice = "fix the settings and queue it again"
+        return JobFailed(job_id, FailureKind.invalid, exc.message, advice)
+    if isinstance(exc, SD3DeskError):
+        return JobFailed(job_id, FailureKind.error, exc.message, exc.advice)
+    log.exception("job %s failed", job_id, exc_info=exc)
+    advice = "details are in the log file"
+    return JobFailed(job_id, FailureKind.error, f"the job failed: {exc}", advice)
