@@ -262,7 +262,7 @@ def _jobs_from_args(args: argparse.Namespace, paths: AppPaths) -> list[Generatio
         raise InvalidParamsError([FieldError("count", "must be between 1 and 10000")])
     check(GenerationParams(**explicit))
     # 2. the model (offline, headers only) and its family's defaults and limits
-    source = resolve_model(args.model, test_model_dir=paths.cache / "test-model")
+    source = resolve_model(args.model, test_model_dir=paths.test_model)
     # Saved with each image, so a re-run from elsewhere finds the same file.
     local = args.model not in TEST_MODEL_REFS and Path(args.model).exists()
     reference = str(Path(args.model).resolve()) if local else args.model

@@ -114,17 +114,19 @@ def _bundled_library_folders() -> list[Path]:
     return folders
 
 
-def missing_packages(find: Callable[[str], bool] = loadable) -> list[str]:
-    """The packages of the xcb plugin's libraries that `find` cannot find, sorted."""
+def missing_packages(find: Callable[[str], bool] | None = None) -> list[str]:
+    """The packages of the xcb plugin's libraries that `find` (default: `loadable`) cannot
+    find, sorted."""
+    find = find or loadable
     return sorted({SONAME_PACKAGES[s] for s in XCB_PLUGIN_SONAMES if not find(s)})
 
 
 def exit_if_platform_unusable(
-    environ: Mapping[str, str] = os.environ, find: Callable[[str], bool] = loadable
+    environ: Mapping[str, str] | None = None, find: Callable[[str], bool] | None = None
 ) -> None:
     """On an X11 desktop without the libraries Qt's xcb plugin needs, print one line naming the
     packages and how to install them, then exit 1 (Qt itself would abort with a riddle)."""
-    if not uses_xcb(environ):
+    if not uses_xcb(os.environ if environ is None else environ):
         return
     packages = missing_packages(find)
     if packages:

@@ -116,7 +116,8 @@ def _run(check: Check, report: dict[str, Any], device: str, root: Path) -> None:
 
     wanted = Device(device)
     # 1. Qt and the window (the platform plugin, widgets, the composition root)
-    app = QApplication.instance() or QApplication(["sd3desk-self-test"])
+    existing = QApplication.instance()
+    app = existing if isinstance(existing, QApplication) else QApplication(["sd3desk-self-test"])
     report["qt_platform"] = app.platformName()
     check.run("window", lambda: _build_window(root / "app-data"))
     # 2. the ML stack and the device

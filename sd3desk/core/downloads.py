@@ -16,12 +16,12 @@ from typing import Any
 
 from sd3desk.core.atomic import atomic_write_bytes
 from sd3desk.core.errors import SD3DeskError
+from sd3desk.core.params import SD3_PIPELINE
 
 # huggingface_hub is imported inside the functions: importing it costs a noticeable fraction of a
 # second, and the window must open before anything heavy loads.
 
 DEFAULT_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"
-SD3_PIPELINE = "StableDiffusion3Pipeline"
 MODEL_INDEX = "model_index.json"
 T5_ENCODER = "text_encoder_3"
 COMPONENTS = frozenset(
@@ -82,7 +82,6 @@ class DownloadPlan:
     already_bytes: int  # complete in the cache already: a resumed download skips them
     needed_bytes: int  # total_bytes - already_bytes
     free_bytes: int  # on the disk holding the cache, when planned
-    licence_url: str  # the repo's page, where a gated repo's licence is accepted
 
     @property
     def fits(self) -> bool:
@@ -144,7 +143,6 @@ def plan_download(
         already_bytes=already,
         needed_bytes=total - already,
         free_bytes=_free_bytes(cache),
-        licence_url=f"{endpoint}/{repo_id}",
     )
 
 
@@ -217,8 +215,8 @@ def download(
     free = _free_bytes(cache)
     if plan.needed_bytes > free:
         raise DownloadError(
-            f"not enough disk space for {plan.repo_id}: it needs {_gb(plan.needed_bytes)} "
-            f"but only {_gb(free)} is free at {cache}",
+            f"not enough disk space for {plan.repo_id}: it needs {format_bytes(plan.needed_bytes)} "
+            f"but only {format_bytes(free)} is free at {cache}",
             "free some space, or point HF_HUB_CACHE at a bigger disk",
         )
     snapshot = cache / _repo_folder(plan.repo_id) / "snapshots" / plan.revision
@@ -528,5 +526,6 @@ def _free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
+def format_bytes(n: int) -> str:
+    """A download size as people read it: GB (decimal, as disks are sold) from 0.1 GB, else MB."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"

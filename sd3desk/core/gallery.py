@@ -263,7 +263,7 @@ class GalleryIndex:
             "LIMIT ? OFFSET ?",
             [*args, limit, offset],
         ).fetchall()
-        return [ImageRow(*row[:12], bool(row[12])) for row in rows]
+        return [ImageRow(*row[:12], favourite=bool(row[12])) for row in rows]
 
     def count(self, text: str = "", **filters: Any) -> int:
         where, args = self._where(

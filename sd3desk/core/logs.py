@@ -9,17 +9,12 @@ LOG_BYTES, LOG_FILES = 1_000_000, 3
 _OURS = "_sd3desk_handler"  # marks the handlers set up here, so a second call replaces them
 
 
-def log_file(logs: Path) -> Path:
-    return logs / "sd3desk.log"
-
-
-def setup_logging(logs: Path, verbose: bool) -> Path:
-    """Log INFO and above to a rotating file in `logs` (and to stderr when `verbose`); raises
-    OSError when the folder cannot be written."""
+def setup_logging(path: Path, verbose: bool) -> Path:
+    """Log INFO and above to the rotating file `path` (and to stderr when `verbose`); raises
+    OSError when its folder cannot be written."""
     import logging.handlers  # here: the window starts faster without it
 
-    logs.mkdir(parents=True, exist_ok=True)
-    path = log_file(logs)
+    path.parent.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, _OURS, False):

@@ -290,7 +290,8 @@ def parse_json(text: str) -> ImageMetadata:
         raise MetadataError(
             f"the image was written by a newer sd3desk (record version {version}); update sd3desk"
         )
-    model = record.get("model") if isinstance(record.get("model"), dict) else {}
+    found = record.get("model")
+    model: dict[str, Any] = found if isinstance(found, dict) else {}
     return ImageMetadata(
         params=GenerationParams.from_dict(record.get("params", {})),
         model=ModelIdentity(

@@ -19,6 +19,7 @@ SHIFT_MIN, SHIFT_MAX = 0.1, 20.0
 T5_LENGTH_MIN, T5_LENGTH_MAX = 1, 512  # diffusers' SD3 pipeline refuses more than 512
 PROMPT_CHARS_MAX = 20_000
 CLIP_TOKEN_LIMIT = 77  # both CLIP encoders: 75 tokens of text plus start and end
+SD3_PIPELINE = "StableDiffusion3Pipeline"  # the diffusers class every SD3 / SD3.5 model names
 
 
 class ModelFamily(Enum):

@@ -89,8 +89,28 @@ class AppPaths:
         return self.data / "sd3desk.db"
 
     @property
+    def log_file(self) -> Path:
+        """The rotating log (what "copy diagnostics" quotes)."""
+        return self.logs / "sd3desk.log"
+
+    @property
     def hash_cache(self) -> Path:
-        return self.cache / "model-hashes.json"
+        return hash_cache_file(self.cache)
+
+    @property
+    def test_model(self) -> Path:
+        return test_model_dir(self.cache)
+
+
+# Inside a cache folder (AppPaths.cache, or one the engine is given): the same names everywhere.
+def hash_cache_file(cache: Path) -> Path:
+    """Model hashes by path, size and mtime (hashing a 10 GB file takes a while)."""
+    return cache / "model-hashes.json"
+
+
+def test_model_dir(cache: Path) -> Path:
+    """Where the tiny random test model ("test") is built on first use."""
+    return cache / "test-model"
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,15 @@ def gc_paused(freeze: bool = False) -> Iterator[None]:
             gc.enable()
 
 
+def t5_tokenizer_class() -> Any:
+    """The fast (Rust) T5 tokenizer class: transformers 4 names it T5TokenizerFast; transformers
+    5 resolves that name lazily to its T5Tokenizer, which is the fast one (so type checkers, which
+    only see the lazy module, cannot find it)."""
+    import transformers
+
+    return transformers.T5TokenizerFast  # pyright: ignore[reportAttributeAccessIssue]
+
+
 def import_ml_stack() -> None:
     """Import everything loading and generating will need, at once, so it can be frozen."""
     with gc_paused(freeze=True):
@@ -155,8 +164,9 @@ def import_ml_stack() -> None:
             CLIPTextModelWithProjection,
             CLIPTokenizer,
             T5EncoderModel,
-            T5TokenizerFast,
         )
+
+        t5_tokenizer_class()
 
 
 def torch_dtype(name: str) -> Any:

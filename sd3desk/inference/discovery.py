@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from sd3desk.core.errors import ModelError
+from sd3desk.core.params import SD3_PIPELINE
 from sd3desk.inference.models import (
-    SD3_PIPELINE,
     ModelKind,
     ModelSource,
     hub_cache_dir,

@@ -23,7 +23,7 @@ from sd3desk.core.errors import (
 from sd3desk.core.metadata import ModelIdentity
 from sd3desk.core.modelhash import model_hash
 from sd3desk.core.params import SEED_MAX, GenerationParams, PromptLength, check
-from sd3desk.core.settings import Device, MemoryPlan
+from sd3desk.core.settings import Device, MemoryPlan, hash_cache_file
 from sd3desk.inference import loading
 from sd3desk.inference.devices import (
     DeviceInfo,
@@ -193,7 +193,7 @@ class Engine:
     ) -> LoadedModel:
         """Adopt a pipeline already placed per `plan` (load() ends here; benchmarks use it)."""
         # The model hash names the model in every image's metadata; cached on disk after once.
-        hash_cache = self._cache_dir / "model-hashes.json" if self._cache_dir else None
+        hash_cache = hash_cache_file(self._cache_dir) if self._cache_dir else None
         files = source.hash_files()
         identity = ModelIdentity(
             name=source.name,
@@ -403,7 +403,9 @@ def _initial_latents(params: GenerationParams, pipe: Any) -> Any:
     shape = (1, channels, params.height // scale, params.width // scale)
     noise = []
     for k in range(params.batch_size):
-        generator = torch.Generator("cpu").manual_seed(params.for_image(k).seed)
+        seed = params.for_image(k).seed
+        assert seed is not None  # generate() checked for a concrete seed
+        generator = torch.Generator("cpu").manual_seed(seed)
         noise.append(torch.randn(shape, generator=generator, dtype=torch.float32))
     return torch.cat(noise)
 

@@ -10,7 +10,7 @@ from typing import Any
 from sd3desk.core.errors import ModelError, RefusedFormatError
 from sd3desk.core.params import ModelFamily
 from sd3desk.inference import testmodel
-from sd3desk.inference.devices import torch_dtype
+from sd3desk.inference.devices import t5_tokenizer_class, torch_dtype
 from sd3desk.inference.discovery import find_t5_tokenizer, find_text_encoder_donor
 from sd3desk.inference.models import (
     ModelKind,
@@ -106,8 +106,9 @@ def _load_folder(
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
-    from transformers import CLIPTokenizer, T5TokenizerFast
+    from transformers import CLIPTokenizer
 
+    T5TokenizerFast = t5_tokenizer_class()
     notices = []
     if use_t5 and not source.has_t5:
         use_t5 = False
@@ -181,8 +182,8 @@ def _load_single_file(
     on_stage: Callable | None,
 ) -> tuple[Any, bool, list[str]]:
     from diffusers import StableDiffusion3Pipeline
-    from transformers import T5TokenizerFast
 
+    T5TokenizerFast = t5_tokenizer_class()
     notices: list[str] = []
     # 1. configs: bundled for real families; rebuilt from code for the test model
     if source.family is ModelFamily.test:

@@ -15,20 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from sd3desk.core.errors import ModelError, RefusedFormatError
-from sd3desk.core.params import FAMILY_DEFAULTS, ModelFamily
+from sd3desk.core.params import FAMILY_DEFAULTS, SD3_PIPELINE, ModelFamily
+from sd3desk.inference.checkpoint_layout import MMDIT_PREFIX
 from sd3desk.inference.testmodel import HEADER_KEY, MARKER_FILE
 
 TEST_MODEL_REFS = ("test", "sd3desk-test")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-SD3_PIPELINE = "StableDiffusion3Pipeline"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-# Key prefixes of Stability AI's single-file checkpoints (also what diffusers' loader reads).
-MMDIT_PREFIX = "model.diffusion_model."
-CLIP_L_KEY = "text_encoders.clip_l.transformer.text_model.embeddings.position_embedding.weight"
-CLIP_G_KEY = "text_encoders.clip_g.transformer.text_model.embeddings.position_embedding.weight"
-T5_KEY = "text_encoders.t5xxl.transformer.shared.weight"
 TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sd3desk.inference.devices import quiet_libraries
+from sd3desk.inference.devices import quiet_libraries, t5_tokenizer_class
 
 MARKER_FILE = "sd3desk-test-model.json"
 HEADER_KEY = "sd3desk_test_model"  # safetensors __metadata__ key naming the test-model size
@@ -126,7 +126,9 @@ def _t5_vocab() -> list[tuple[str, float]]:
 
 def make_tokenizers(root: Path) -> dict[str, Any]:
     """Build the three tokenizers into root/tokenizer{,_2,_3} and load them."""
-    from transformers import CLIPTokenizer, T5TokenizerFast
+    from transformers import CLIPTokenizer
+
+    T5TokenizerFast = t5_tokenizer_class()
 
     write_clip_tokenizer(root / "tokenizer", "<|endoftext|>")
     write_clip_tokenizer(root / "tokenizer_2", "!")
@@ -195,20 +197,19 @@ def build_pipeline(size: str = "tiny", work_dir: Path | None = None) -> Any:
         text_encoder.text_projection.weight.copy_(torch.eye(spec.clip_l_hidden))
         text_encoder_2 = clip("text_encoder_2", "gelu", spec.clip_g_hidden)
         _seeded("text_encoder_3")
-        text_encoder_3 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizers["tokenizer_3"]),
-                d_model=t5_width,
-                d_ff=t5_width * 2,
-                d_kv=16,
-                num_layers=spec.text_layers,
-                num_heads=4,
-                feed_forward_proj="gated-gelu",
-                relative_attention_num_buckets=8,
-                relative_attention_max_distance=32,
-                decoder_start_token_id=0,
-            )
-        )
+        t5_config: dict[str, Any] = {  # (a dict: the configs' annotations are narrower)
+            "vocab_size": len(tokenizers["tokenizer_3"]),
+            "d_model": t5_width,
+            "d_ff": t5_width * 2,
+            "d_kv": 16,
+            "num_layers": spec.text_layers,
+            "num_heads": 4,
+            "feed_forward_proj": "gated-gelu",
+            "relative_attention_num_buckets": 8,
+            "relative_attention_max_distance": 32,
+            "decoder_start_token_id": 0,
+        }
+        text_encoder_3 = T5EncoderModel(T5Config(**t5_config))
         _seeded("transformer")
         transformer = SD3Transformer2DModel(
             sample_size=32,
@@ -224,21 +225,22 @@ def build_pipeline(size: str = "tiny", work_dir: Path | None = None) -> Any:
             pos_embed_max_size=128,
         )
         _seeded("vae")
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=spec.vae_channels,
-            layers_per_block=1,
-            latent_channels=16,
-            norm_num_groups=8,
-            sample_size=256,
-            scaling_factor=1.5305,  # SD3's VAE numbers, so latents sit in the same range
-            shift_factor=0.0609,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        )
+        vae_config: dict[str, Any] = {
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ("DownEncoderBlock2D",) * 4,
+            "up_block_types": ("UpDecoderBlock2D",) * 4,
+            "block_out_channels": spec.vae_channels,
+            "layers_per_block": 1,
+            "latent_channels": 16,
+            "norm_num_groups": 8,
+            "sample_size": 256,
+            "scaling_factor": 1.5305,  # SD3's VAE numbers, so latents sit in the same range
+            "shift_factor": 0.0609,
+            "use_quant_conv": False,
+            "use_post_quant_conv": False,
+        }
+        vae = AutoencoderKL(**vae_config)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return StableDiffusion3Pipeline(
         transformer=transformer,

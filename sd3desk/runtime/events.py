@@ -10,7 +10,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from sd3desk.core.jobs import Eta, FailureKind, Job, JobState, estimate_etas
+from sd3desk.core.jobs import Eta, FailureKind, Job, estimate_etas
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -165,6 +165,3 @@ class JobFailed:
 class JobCancelled:
     job_id: int
     step: int
-
-
-ACTIVE = frozenset({JobState.queued, JobState.running})

@@ -24,7 +24,7 @@ from sd3desk.core.errors import (
     SD3DeskError,
 )
 from sd3desk.core.jobs import FailureKind, Job
-from sd3desk.core.settings import Device, MemoryPlan
+from sd3desk.core.settings import Device, MemoryPlan, test_model_dir
 from sd3desk.runtime.events import (
     EngineState,
     EngineStatus,
@@ -186,7 +186,7 @@ class Worker(QObject):
         # 2. the model, loaded once and kept until a job needs another one
         loaded = engine.loaded
         if loaded is None or loaded.source.reference != reference:
-            source = resolve_model(reference, test_model_dir=self.config.cache_dir / "test-model")
+            source = resolve_model(reference, test_model_dir=test_model_dir(self.config.cache_dir))
             engine.load(
                 source,
                 self.config.memory_plan,

@@ -12,7 +12,6 @@ from sd3desk.ui.thumbnails import ThumbnailLoader
 
 PAGE = 200
 ROW_ROLE = Qt.ItemDataRole.UserRole + 1
-PATH_ROLE = Qt.ItemDataRole.UserRole + 2
 
 
 class GalleryModel(QAbstractListModel):
@@ -82,8 +81,6 @@ class GalleryModel(QAbstractListModel):
             return item.prompt or item.path
         if role == ROW_ROLE:
             return item
-        if role == PATH_ROLE:
-            return item.path
         return None
 
     def _on_thumbnails_loaded(self, path: str) -> None:

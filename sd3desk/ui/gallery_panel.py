@@ -90,7 +90,9 @@ class GalleryPanel(QWidget):
         self.scanner = scanner
         scanner.finished.connect(self._on_scanner_finished)
         scanner.failed.connect(self.notice)
-        QGuiApplication.instance().applicationStateChanged.connect(self._on_app_state_changed)
+        app = QGuiApplication.instance()
+        if isinstance(app, QGuiApplication):
+            app.applicationStateChanged.connect(self._on_app_state_changed)
         scanner.start()
 
     def _on_app_state_changed(self, state) -> None:

@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QW
 
 from sd3desk.ui.queue_model import format_seconds
 from sd3desk.ui.viewer import ImageViewer
+from sd3desk.ui.widgets import named
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -28,12 +29,12 @@ class GenerationView(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.progress = QProgressBar(objectName="progressBar", accessibleName="Progress")
+        self.progress = named(QProgressBar(), "progressBar", "Progress")
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setTextVisible(True)
         self.progress.setFormat("Idle")
-        self.job_label = QLabel(objectName="jobLabel")
+        self.job_label = named(QLabel(), "jobLabel")
         self.viewer = ImageViewer()
         self.viewer.setObjectName("previewView")
         self.viewer.setAccessibleName("Preview")

@@ -17,7 +17,6 @@ from PySide6.QtWidgets import (
     QMenu,
     QScrollArea,
     QSplitter,
-    QToolButton,
     QWidget,
 )
 
@@ -45,7 +44,7 @@ from sd3desk.ui.queue_panel import QueuePanel
 from sd3desk.ui.session import LAYOUT_VERSION, Session
 from sd3desk.ui.theme import Tone, apply_theme, tone_style
 from sd3desk.ui.token_counter import TokenCounter
-from sd3desk.ui.widgets import named
+from sd3desk.ui.widgets import named, tool_button
 
 if TYPE_CHECKING:  # both are imported when first used: the first frame need not wait for them
     from sd3desk.ui.gallery_panel import GalleryPanel
@@ -106,7 +105,7 @@ class MainWindow(QMainWindow):
         self.engine_label = named(QLabel("Engine not started"), "engineStatus")
         self.notice_label = named(QLabel(), "noticeLabel")
         self.notice_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.notices_button = named(QToolButton(text="Notices"), "noticesButton")
+        self.notices_button = tool_button("Notices", "noticesButton")
         self.notices_button.setToolTip("Errors, warnings and messages of this session")
         self.notices_button.clicked.connect(self.show_notices)
         self.statusBar().addWidget(self.engine_label, 1)
@@ -267,8 +266,9 @@ class MainWindow(QMainWindow):
             p = job.params
             self.generation.job_started(job.id, p.steps, f"{p.width}×{p.height} · seed {p.seed}")
         elif job.state is JobState.finished:
-            for path in job.outputs if self.gallery_panel else ():
-                self.gallery_panel.image_added(path)
+            if self.gallery_panel is not None:
+                for path in job.outputs:
+                    self.gallery_panel.image_added(path)
             if job.outputs:
                 self.generation.show_image(job.outputs[-1])
             if job.params.seed is not None:

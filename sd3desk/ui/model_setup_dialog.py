@@ -28,11 +28,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from sd3desk.core.downloads import DEFAULT_REPO  # (huggingface_hub itself loads on first use)
+from sd3desk.core.downloads import (  # (huggingface_hub itself loads on first use)
+    DEFAULT_REPO,
+    format_bytes,
+)
 from sd3desk.core.errors import SD3DeskError
 from sd3desk.runtime.background import Background, Report
 from sd3desk.runtime.catalog import TEST_ENTRY, ModelCatalog, ModelEntry, check_model
 from sd3desk.ui.theme import Tone, tone_style
+from sd3desk.ui.widgets import named, wrapping_label
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,6 @@ class ModelSetupDialog(QDialog):
         self.endpoint = endpoint  # None: huggingface_hub's own setting (HF_ENDPOINT)
         self.cache_dir = cache_dir  # None: the standard Hugging Face cache
         self._cancel: threading.Event | None = None
-        self._plan: Any = None
         # its own pool: a download takes minutes and must not hold up thumbnails or searches
         self.download_pool = QThreadPool(self)
         self.download_pool.setMaxThreadCount(1)
@@ -105,12 +108,12 @@ class ModelSetupDialog(QDialog):
 
     def _found_box(self) -> QGroupBox:
         box = QGroupBox("1. Models found on this computer")
-        self.found = QListWidget(objectName="foundModelsList", accessibleName="Models found")
+        self.found = named(QListWidget(), "foundModelsList", "Models found")
         self.found.setMaximumHeight(130)
         self.found.itemDoubleClicked.connect(lambda _item: self._use_found())
-        use = self.use_found = QPushButton("Use this model", objectName="useFoundButton")
+        use = self.use_found = named(QPushButton("Use this model"), "useFoundButton")
         use.clicked.connect(self._use_found)
-        self.found_note = QLabel(wordWrap=True, objectName="foundNote")
+        self.found_note = wrapping_label("foundNote")
         column = QVBoxLayout(box)
         column.addWidget(self.found)
         row = QHBoxLayout()
@@ -148,11 +151,11 @@ class ModelSetupDialog(QDialog):
 
     def _local_box(self) -> QGroupBox:
         box = QGroupBox("2. A model file or folder you already have")
-        pick_file = QPushButton("SD3 .safetensors file…", objectName="pickFileButton")
+        pick_file = named(QPushButton("SD3 .safetensors file…"), "pickFileButton")
         pick_file.clicked.connect(self._pick_file)
-        pick_folder = QPushButton("Diffusers folder…", objectName="pickFolderButton")
+        pick_folder = named(QPushButton("Diffusers folder…"), "pickFolderButton")
         pick_folder.clicked.connect(self._pick_folder)
-        self.local_error = QLabel(wordWrap=True, objectName="localError")
+        self.local_error = wrapping_label("localError")
         self.local_error.setStyleSheet(tone_style(Tone.error))
         self.local_error.hide()
         column = QVBoxLayout(box)
@@ -192,26 +195,27 @@ class ModelSetupDialog(QDialog):
 
     def _download_box(self) -> QGroupBox:
         box = QGroupBox("3. Download from Hugging Face")
-        self.repo = QLineEdit(DEFAULT_REPO, objectName="repoEdit", accessibleName="Repository")
-        self.token = QLineEdit(objectName="tokenEdit", accessibleName="Access token")
+        self.repo = named(QLineEdit(DEFAULT_REPO), "repoEdit", "Repository")
+        self.token = named(QLineEdit(), "tokenEdit", "Access token")
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
         self.token.setPlaceholderText("hf_… (needed for gated models such as SD3)")
         self.with_t5 = QCheckBox("Include the T5 text encoder (~9.5 GB; better prompts)")
         self.with_t5.setObjectName("withT5Check")
         self.with_t5.setChecked(True)
-        self.licence = QLabel(objectName="licenceLink", openExternalLinks=True, wordWrap=True)
-        self.size_label = QLabel(objectName="downloadSize", wordWrap=True)
-        self.download_progress = QProgressBar(objectName="downloadProgress")
+        self.licence = wrapping_label("licenceLink")
+        self.licence.setOpenExternalLinks(True)
+        self.size_label = wrapping_label("downloadSize")
+        self.download_progress = named(QProgressBar(), "downloadProgress")
         self.download_progress.setRange(0, 1000)
         self.download_progress.hide()
-        self.download_error = QLabel(wordWrap=True, objectName="downloadError")
+        self.download_error = wrapping_label("downloadError")
         self.download_error.setStyleSheet(tone_style(Tone.error))
         self.download_error.hide()
-        self.check_button = QPushButton("Check size", objectName="checkDownloadButton")
+        self.check_button = named(QPushButton("Check size"), "checkDownloadButton")
         self.check_button.clicked.connect(lambda: self.start_download(plan_only=True))
-        self.download_button = QPushButton("Download", objectName="downloadButton")
+        self.download_button = named(QPushButton("Download"), "downloadButton")
         self.download_button.clicked.connect(lambda: self.start_download(plan_only=False))
-        self.cancel_download = QPushButton("Cancel", objectName="cancelDownloadButton")
+        self.cancel_download = named(QPushButton("Cancel"), "cancelDownloadButton")
         self.cancel_download.setEnabled(False)
         self.cancel_download.clicked.connect(self.cancel)
         self.repo.textChanged.connect(self._update_licence)
@@ -277,15 +281,15 @@ class ModelSetupDialog(QDialog):
         self.download_progress.show()
         self.download_progress.setValue(round(1000 * progress.done / max(progress.total, 1)))
         self.download_progress.setFormat(
-            f"{_gb(progress.done)} of {_gb(progress.total)} · {progress.name}"
+            f"{format_bytes(progress.done)} of {format_bytes(progress.total)} · {progress.name}"
         )
 
     def _show_plan(self, plan: Any) -> None:
-        self._plan = plan
-        files = len(plan.files)
+        total, needed = format_bytes(plan.total_bytes), format_bytes(plan.needed_bytes)
+        already, free = format_bytes(plan.already_bytes), format_bytes(plan.free_bytes)
         text = (
-            f"{files} files, {_gb(plan.total_bytes)} in all; {_gb(plan.needed_bytes)} to fetch "
-            f"({_gb(plan.already_bytes)} already here); {_gb(plan.free_bytes)} free on disk."
+            f"{len(plan.files)} files, {total} in all; {needed} to fetch ({already} already "
+            f"here); {free} free on disk."
         )
         if not plan.fits:
             text += " Not enough free space."
@@ -323,12 +327,12 @@ class ModelSetupDialog(QDialog):
 
     def _test_box(self) -> QGroupBox:
         box = QGroupBox("4. Just trying the app?")
-        button = QPushButton("Use the test model", objectName="useTestModelButton")
+        button = named(QPushButton("Use the test model"), "useTestModelButton")
         button.clicked.connect(lambda: self._choose(TEST_ENTRY.reference))
-        note = QLabel(
+        note = wrapping_label(
+            "testModelNote",
             "A tiny model with random weights — it produces noise, not pictures, but runs every "
             "part of the app in seconds, even on a CPU.",
-            wordWrap=True,
         )
         row = QHBoxLayout(box)
         row.addWidget(note, 1)
@@ -349,10 +353,6 @@ class ModelSetupDialog(QDialog):
         if self._cancel is not None:
             self._cancel.set()
         super().done(result)
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def _fetch(

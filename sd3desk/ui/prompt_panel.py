@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSlider,
     QSpinBox,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -40,7 +39,7 @@ from sd3desk.ui.form_fields import (
     write,
 )
 from sd3desk.ui.theme import Tone, tone_style
-from sd3desk.ui.widgets import label, named
+from sd3desk.ui.widgets import label, named, tool_button, wrapping_label
 
 CUSTOM = "Custom"
 GUIDANCE_SLIDER_MAX = 20.0  # the slider shows 0-20; the spin box takes up to GUIDANCE_MAX
@@ -78,16 +77,17 @@ class PromptPanel(QWidget):
             for k in ("steps", "width", "height", "batch_size", "max_sequence_length")
         )
         # 2. the helpers around them
-        self.setup_button = named(QToolButton(text="Add…"), "modelSetupButton", "Add a model")
+        self.setup_button = tool_button("Add…", "modelSetupButton", "Add a model")
         self.setup_button.setToolTip("Find, download or add a model")
         self.prompt_count = self._note("promptTokens", count_text(None))
         self.negative_count = self._note("negativeTokens", "")
         self.cfg_note = self._note(
             "cfgNote", "Guidance ≤ 1 turns CFG off: the negative prompt has no effect."
         )
-        self.random_seed = named(QCheckBox("Random", checked=True), "randomSeedCheck")
+        self.random_seed = named(QCheckBox("Random"), "randomSeedCheck")
+        self.random_seed.setChecked(True)
         self.random_seed.setToolTip("Pick a new seed for every job")
-        self.reuse_seed = named(QToolButton(text="Last"), "reuseSeedButton", "Reuse last seed")
+        self.reuse_seed = tool_button("Last", "reuseSeedButton", "Reuse last seed")
         self.reuse_seed.setToolTip("Reuse the seed of the last image")
         self.reuse_seed.setEnabled(False)
         self.guidance_slider = named(
@@ -101,7 +101,8 @@ class PromptPanel(QWidget):
         self.aspect.addItem(CUSTOM, CUSTOM)
         self.aspect.setToolTip("Sizes around one megapixel, the size SD3 was trained at")
         self.size_note = named(QLabel(), "sizeNote")
-        self.generate_button = named(QPushButton("Generate", default=True), "generateButton")
+        self.generate_button = named(QPushButton("Generate"), "generateButton")
+        self.generate_button.setDefault(True)
         self.generate_button.setToolTip("Add a job to the queue (Ctrl+Enter)")
         self.cancel_button = named(QPushButton("Cancel"), "cancelButton")
         self.cancel_button.setToolTip("Stop the running job (Esc)")
@@ -113,7 +114,7 @@ class PromptPanel(QWidget):
         self.set_params(GenerationParams(prompt=""))
 
     def _note(self, name: str, text: str) -> QLabel:
-        note = named(QLabel(text, wordWrap=True), name)
+        note = wrapping_label(name, text)
         note.setTextFormat(Qt.TextFormat.RichText)
         font = note.font()
         font.setPointSizeF(font.pointSizeF() * 0.9)
@@ -121,7 +122,7 @@ class PromptPanel(QWidget):
         return note
 
     def _error_label(self, name: str) -> QLabel:
-        error = named(QLabel(wordWrap=True), name)
+        error = wrapping_label(name)
         error.setStyleSheet(tone_style(Tone.error))
         error.hide()
         return error
@@ -172,7 +173,8 @@ class PromptPanel(QWidget):
         row(form, "&Images", self.batch)
         layout.addLayout(form)
 
-        self.advanced = named(QToolButton(text="Advanced", checkable=True), "advancedToggle")
+        self.advanced = tool_button("Advanced", "advancedToggle")
+        self.advanced.setCheckable(True)
         self.advanced.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.advanced.setAutoRaise(True)
         self.advanced.setToolTip("Timestep shift and the T5 token limit")

@@ -111,11 +111,6 @@ class QueuePanel(QWidget):
         rows = sorted(i.row() for i in self.view.selectionModel().selectedIndexes())
         return [job for row in rows if (job := self.model.job_at(row)) is not None]
 
-    def select_job(self, job_id: int) -> None:
-        row = self.model.row_of(job_id)
-        if row >= 0:
-            self.view.setCurrentIndex(self.model.index(row))
-
     def _on_pause_toggled(self, paused: bool) -> None:
         self.pause.setText("Resume" if paused else "Pause")
         self.pause_toggled.emit(paused)

@@ -14,7 +14,7 @@ from PySide6.QtCore import QByteArray, QObject, QSettings, QTimer, Signal
 from sd3desk.core.atomic import atomic_write_bytes
 from sd3desk.core.errors import FieldError, InvalidParamsError
 from sd3desk.core.jobs import Job
-from sd3desk.core.logs import log_file, setup_logging
+from sd3desk.core.logs import setup_logging
 from sd3desk.core.params import GenerationParams, ModelFamily, defaults_for, validate
 from sd3desk.core.settings import Settings, save_settings
 from sd3desk.runtime.catalog import ModelEntry
@@ -60,10 +60,6 @@ class Session(QObject):
         return self.runtime.settings
 
     @property
-    def picked_model(self) -> str:
-        return self._picked
-
-    @property
     def stopped(self) -> bool:
         return self._stopped
 
@@ -76,7 +72,7 @@ class Session(QObject):
             return
         self._started = True
         try:
-            setup_logging(self.runtime.paths.logs, self.verbose)
+            setup_logging(self.runtime.paths.log_file, self.verbose)
         except OSError as exc:  # an unusable log folder must not keep the app from working
             self.runtime.notices.warning(
                 f"The log file cannot be written ({exc})", f"check {self.runtime.paths.logs}"
@@ -146,7 +142,7 @@ class Session(QObject):
             self.runtime.notices.warning(problem)
         nothing = not self.runtime.catalog.entries and not self._picked
         if nothing and not self.runtime.runner.snapshot().waiting:
-            QTimer.singleShot(0, self.setup_needed)  # first run: help the user get a model
+            QTimer.singleShot(0, self.setup_needed.emit)  # first run: help the user get a model
 
     # ------------------------------------------------------------------ requests
 
@@ -251,5 +247,5 @@ class Session(QObject):
                 "data folder": str(self.runtime.paths.data),
                 "output folder": str(self.runtime.out_dir),
             },
-            log_file(self.runtime.paths.logs),
+            self.runtime.paths.log_file,
         )

@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QListWidget,
     QPushButton,
@@ -22,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from sd3desk.core.settings import Device, MemoryPlan, Settings, Theme
+from sd3desk.ui.widgets import label, named, wrapping_label
 
 _PLAN_WORDS = {
     MemoryPlan.auto: "Automatic (by free GPU memory)",
@@ -46,25 +46,23 @@ class SettingsDialog(QDialog):
         self.setWindowTitle("Settings")
         self.setObjectName("settingsDialog")
         self._settings = settings
-        self.output = QLineEdit(settings.output_dir, objectName="outputDirEdit")
+        self.output = named(QLineEdit(settings.output_dir), "outputDirEdit", "Output folder")
         self.output.setPlaceholderText(default_output)
-        self.output.setAccessibleName("Output folder")
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._choose_output)
         self.device = self._combo("deviceCombo", _DEVICE_WORDS, settings.device)
         self.plan = self._combo("memoryPlanCombo", _PLAN_WORDS, settings.memory_plan)
-        self.use_t5 = QCheckBox(
-            "Use the T5 text encoder (better prompt following; ~9 GB more memory)",
-            checked=settings.use_t5,
-            objectName="useT5Check",
+        self.use_t5 = named(
+            QCheckBox("Use the T5 text encoder (better prompt following; ~9 GB more memory)"),
+            "useT5Check",
         )
+        self.use_t5.setChecked(settings.use_t5)
         self.theme = self._combo(
             "themeCombo",
             {Theme.system: "System", Theme.light: "Light", Theme.dark: "Dark"},
             settings.theme,
         )
-        self.model_dirs = QListWidget(objectName="modelDirsList")
-        self.model_dirs.setAccessibleName("Model folders")
+        self.model_dirs = named(QListWidget(), "modelDirsList", "Model folders")
         self.model_dirs.addItems(list(settings.model_dirs))
         self.model_dirs.setMaximumHeight(110)
         add_dir = QPushButton("Add…")
@@ -76,7 +74,7 @@ class SettingsDialog(QDialog):
                 for i in self.model_dirs.selectedItems()
             ]
         )
-        self.workers = QSpinBox(objectName="gpuWorkersSpin", accessibleName="GPU workers")
+        self.workers = named(QSpinBox(), "gpuWorkersSpin", "GPU workers")
         self.workers.setRange(1, 8)
         self.workers.setValue(settings.gpu_workers)
         self.workers.setToolTip("One worker per NVIDIA GPU (cuda:0, cuda:1, …); 1–8")
@@ -85,7 +83,7 @@ class SettingsDialog(QDialog):
         out_row = QHBoxLayout()
         out_row.addWidget(self.output, 1)
         out_row.addWidget(browse)
-        form.addRow(QLabel("&Output folder", buddy=self.output), out_row)
+        form.addRow(label("&Output folder", self.output), out_row)
         form.addRow("&Device", self.device)
         form.addRow("&Memory plan", self.plan)
         form.addRow("", self.use_t5)
@@ -97,12 +95,12 @@ class SettingsDialog(QDialog):
         dir_buttons.addWidget(remove_dir)
         dir_buttons.addStretch(1)
         dirs_row.addLayout(dir_buttons)
-        form.addRow(QLabel("Model &folders", buddy=self.model_dirs), dirs_row)
+        form.addRow(label("Model &folders", self.model_dirs), dirs_row)
         form.addRow("&GPU workers", self.workers)
-        note = QLabel(
-            "Device, memory plan and T5 apply from the next model load; the output folder and "
-            "the number of GPU workers from the next start.",
-            wordWrap=True,
+        note = wrapping_label(
+            "settingsNote",
+            "Device, memory plan and T5 apply at once (the model reloads); the output folder "
+            "and the number of GPU workers at the next start.",
         )
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
@@ -117,7 +115,7 @@ class SettingsDialog(QDialog):
 
     @staticmethod
     def _combo(name: str, words: dict, current) -> QComboBox:
-        combo = QComboBox(objectName=name)
+        combo = named(QComboBox(), name)
         for value, text in words.items():
             combo.addItem(text, value)
         combo.setCurrentIndex(combo.findData(current))

@@ -6,6 +6,8 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt
 from PySide6.QtGui import QImage, QPainter
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
+from sd3desk.ui.gallery_model import GalleryModel
+
 
 class ThumbnailDelegate(QStyledItemDelegate):
     """Cells of one size, whatever the image's aspect ratio; selection as a frame."""
@@ -32,6 +34,7 @@ class ThumbnailDelegate(QStyledItemDelegate):
         painter.fillRect(rect, palette.highlight() if selected else palette.alternateBase())
         # Ask our model directly: no round trip through C++ and QVariant for every cell.
         model = index.model()
+        assert isinstance(model, GalleryModel)
         row = model.row_at(index.row())
         image = model.thumbnails.get(row.path) if row is not None else None
         if isinstance(image, QImage) and not image.isNull():

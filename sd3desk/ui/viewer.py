@@ -34,8 +34,9 @@ class ImageViewer(QWidget):
         self._placeholder = ""
         self.picture = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
         self.picture.setObjectName("viewerImage")
-        self.scroll = QScrollArea(widgetResizable=False, alignment=Qt.AlignmentFlag.AlignCenter)
-        self.scroll.setWidget(self.picture)
+        # (not `self.scroll`: that is QWidget.scroll, a method)
+        self.scroll_area = QScrollArea(alignment=Qt.AlignmentFlag.AlignCenter)
+        self.scroll_area.setWidget(self.picture)
         self.params = QTextBrowser()
         self.params.setObjectName("viewerParams")
         self.params.setAccessibleName("Image parameters")
@@ -47,7 +48,8 @@ class ImageViewer(QWidget):
             ("−", "Zoom out", QKeySequence.StandardKey.ZoomOut, lambda: self.step_zoom(-1)),
             ("+", "Zoom in", QKeySequence.StandardKey.ZoomIn, lambda: self.step_zoom(1)),
         ):
-            button = QPushButton(text, toolTip=tip)
+            button = QPushButton(text)
+            button.setToolTip(tip)
             button.setMaximumWidth(64)
             button.setShortcut(QKeySequence(shortcut))
             button.clicked.connect(slot)
@@ -57,7 +59,7 @@ class ImageViewer(QWidget):
         column = QVBoxLayout(left)
         column.setContentsMargins(0, 0, 0, 0)
         column.addLayout(buttons)
-        column.addWidget(self.scroll, 1)
+        column.addWidget(self.scroll_area, 1)
         # the parameters under the image: the image keeps the full width at any window size
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(left)
@@ -118,7 +120,7 @@ class ImageViewer(QWidget):
     def _fit_factor(self) -> float:
         if self._image.isNull():
             return 1.0
-        area = self.scroll.viewport().size()
+        area = self.scroll_area.viewport().size()
         factor = min(area.width() / self._image.width(), area.height() / self._image.height())
         return factor if self._upscale else min(factor, 1.0)
 

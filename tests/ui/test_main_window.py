@@ -60,6 +60,15 @@ def open_window(qtbot):
         window.close()
 
 
+def select_job(queue_panel, job_id: int) -> None:
+    """Click a job's row in the queue (it becomes the current and only selected row)."""
+    index = queue_panel.model.index(queue_panel.model.row_of(job_id))
+    queue_panel.view.setCurrentIndex(index)
+    queue_panel.view.selectionModel().select(
+        index, QItemSelectionModel.SelectionFlag.ClearAndSelect
+    )
+
+
 def finished_jobs(window):
     return [j for j in list(window.runner.snapshot().jobs) if j.state is JobState.finished]
 
@@ -225,12 +234,12 @@ def test_queue_panel_pause_reorder_duplicate_cancel_clear(open_window, qtbot, tm
     model.dropMimeData(mime, Qt.DropAction.MoveAction, 0, 0, model.index(0).parent())
     assert [j.id for j in runner.snapshot().waiting] == [second.id, first.id]
     # duplicate, then cancel the copy
-    queue_panel.select_job(first.id)
+    select_job(queue_panel, first.id)
     queue_panel.duplicate.trigger()
     copy = runner.snapshot().waiting[-1]
     assert copy.params == first.params and copy.id not in (first.id, second.id)
     queue_panel.view.clearSelection()
-    queue_panel.select_job(copy.id)
+    select_job(queue_panel, copy.id)
     queue_panel.cancel.trigger()
     assert runner.job(copy.id).state is JobState.cancelled
     queue_panel.clear.trigger()
@@ -364,11 +373,7 @@ def test_the_queue_view_keeps_its_selection_while_jobs_run(open_window, qtbot, t
         panel.prompt.setPlainText(name)
         jobs.append(window.generate())
     queue_panel = window.queue_panel
-    queue_panel.select_job(jobs[2].id)
-    queue_panel.view.selectionModel().select(
-        queue_panel.model.index(queue_panel.model.row_of(jobs[2].id)),
-        QItemSelectionModel.SelectionFlag.ClearAndSelect,
-    )
+    select_job(queue_panel, jobs[2].id)
     rows_seen: set[int] = set()
     window.runner.queue_changed.connect(
         lambda _e: rows_seen.add(queue_panel.model.row_of(jobs[2].id))
