@@ -360,11 +360,12 @@ def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
 
 def _models(args: argparse.Namespace, paths: AppPaths) -> int:
     from sd3desk.core.params import FAMILY_DEFAULTS
-    from sd3desk.inference.discovery import default_model_dirs, discover_models
+    from sd3desk.core.settings import env_model_dirs
+    from sd3desk.inference.discovery import discover_models
     from sd3desk.inference.models import hub_cache_dir
 
     settings = load_settings(paths.settings_file)
-    dirs = [*args.model_dir, *(Path(d) for d in settings.model_dirs), *default_model_dirs()]
+    dirs = [*args.model_dir, *(Path(d) for d in settings.model_dirs), *env_model_dirs()]
     found, problems = discover_models(dirs)
     print(f"Hugging Face cache: {hub_cache_dir()}")
     print(f"model folders: {', '.join(str(d) for d in dirs) or '(none; add with --model-dir)'}")

@@ -4,7 +4,7 @@ about one package; this names every missing package and the command that install
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import importlib.util
 import os
 import sys
@@ -94,24 +94,33 @@ def uses_xcb(environ: Mapping[str, str], platform: str = sys.platform) -> bool:
 
 
 def loadable(soname: str) -> bool:
-    """Whether the dynamic linker finds `soname` (a library the plugin will load anyway), or it
-    ships next to Qt's own libraries (a frozen bundle)."""
+    """Whether `soname` will load: a file in the usual library folders, next to Qt's own
+    libraries or in a frozen bundle (a stat each: this runs before the first frame), else what
+    the dynamic linker itself says (for folders set up in /etc/ld.so.conf)."""
+    if any((folder / soname).exists() for folder in _library_folders()):
+        return True
+    import ctypes  # only now: the fast path above finds nearly every library
+
     try:
-        ctypes.CDLL(soname, mode=os.RTLD_LAZY)
+        ctypes.CDLL(soname, mode=os.RTLD_LAZY)  # the plugin would load it anyway
         return True
     except OSError:
-        return any((folder / soname).exists() for folder in _bundled_library_folders())
+        return False
 
 
-def _bundled_library_folders() -> list[Path]:
-    folders = []
+@functools.cache
+def _library_folders() -> tuple[Path, ...]:
+    multiarch = getattr(sys.implementation, "_multiarch", "") or f"{os.uname().machine}-linux-gnu"
+    folders = [Path(p) for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
+    for root in ("/usr/lib", "/lib"):
+        folders += [Path(root) / multiarch, Path(root + "64"), Path(root)]
     spec = importlib.util.find_spec("PySide6")
     locations = (spec.submodule_search_locations or []) if spec is not None else []
     folders += [Path(location) / "Qt" / "lib" for location in locations]
     bundle = getattr(sys, "_MEIPASS", None)
     if bundle:
         folders.append(Path(bundle))
-    return folders
+    return tuple(folders)
 
 
 def missing_packages(find: Callable[[str], bool] | None = None) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -100,6 +101,12 @@ class AppPaths:
     @property
     def test_model(self) -> Path:
         return test_model_dir(self.cache)
+
+
+def env_model_dirs() -> list[Path]:
+    """Extra model folders from SD3DESK_MODEL_DIRS (os.pathsep-separated)."""
+    value = os.environ.get("SD3DESK_MODEL_DIRS", "")
+    return [Path(p) for p in value.split(os.pathsep) if p]
 
 
 # Inside a cache folder (AppPaths.cache, or one the engine is given): the same names everywhere.

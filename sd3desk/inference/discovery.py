@@ -4,7 +4,6 @@ folders, donors of text encoders and the T5 tokenizer. Pure Python (no torch).""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from sd3desk.core.errors import ModelError
@@ -124,9 +123,3 @@ def discover_models(
             except ModelError as exc:
                 problems.append(exc.message)
     return found, problems
-
-
-def default_model_dirs() -> list[Path]:
-    """Extra folders from SD3DESK_MODEL_DIRS (os.pathsep-separated), used by the CLI."""
-    value = os.environ.get("SD3DESK_MODEL_DIRS", "")
-    return [Path(p) for p in value.split(os.pathsep) if p]

@@ -10,7 +10,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from sd3desk.core.jobs import Eta, FailureKind, Job, estimate_etas
+from sd3desk.core.jobs import Eta, Job, estimate_etas
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -134,34 +134,3 @@ class Notice:
 
     def text(self) -> str:
         return f"{self.message} — {self.advice}" if self.advice else self.message
-
-
-# ---------------------------------------------------------------------- reported by workers
-
-
-@dataclass(frozen=True)
-class JobStarted:
-    job_id: int
-    worker: int
-
-
-@dataclass(frozen=True)
-class JobFinished:
-    job_id: int
-    outputs: tuple[str, ...]
-    seconds_per_step: float
-    timings: Mapping[str, float]
-
-
-@dataclass(frozen=True)
-class JobFailed:
-    job_id: int
-    kind: FailureKind
-    message: str
-    advice: str
-
-
-@dataclass(frozen=True)
-class JobCancelled:
-    job_id: int
-    step: int

@@ -9,7 +9,6 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -18,19 +17,12 @@ from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal, Slot
 
 from sd3desk.core.jobs import DONE, Job, JobQueue, JobState, timing_key
 from sd3desk.core.params import GenerationParams, PromptLength, check
-from sd3desk.runtime.events import (
-    JobCancelled,
-    JobChanged,
-    JobFailed,
-    JobFinished,
-    JobStarted,
-    QueueChanged,
-    QueueSnapshot,
-    StepProgress,
-)
+from sd3desk.runtime.events import JobChanged, QueueChanged, QueueSnapshot, StepProgress
 
-if TYPE_CHECKING:
-    from sd3desk.runtime.worker import Worker
+if TYPE_CHECKING:  # the worker module loads when workers start, after the first frame
+    from concurrent.futures import Future
+
+    from sd3desk.runtime.worker import JobCancelled, JobFailed, JobFinished, JobStarted, Worker
 
 log = logging.getLogger(__name__)
 COMMAND_TIMEOUT_S = 30.0  # how long a caller on another thread waits for a command
@@ -59,6 +51,8 @@ def command(method: Callable[P, R]) -> Callable[P, R]:
         assert isinstance(runner, Runner)
         if threading.get_ident() == runner._owner:
             return method(*args, **kwargs)
+        from concurrent.futures import Future  # (not at the top: startup does not need it)
+
         future: Future = Future()
         runner._invoke.emit(_Call(future, functools.partial(method, *args, **kwargs)))
         return future.result(timeout=COMMAND_TIMEOUT_S)

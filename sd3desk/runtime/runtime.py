@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sd3desk.core.jobs import JobQueue, JobState
-from sd3desk.core.settings import AppPaths, Settings
+from sd3desk.core.settings import AppPaths, Settings, env_model_dirs
 from sd3desk.core.store import Store
 from sd3desk.runtime.catalog import ModelCatalog
 from sd3desk.runtime.events import EngineState, EngineStatus, JobChanged
 from sd3desk.runtime.notices import NoticeLog
 from sd3desk.runtime.runner import Runner
-from sd3desk.runtime.worker import EngineFactory, Worker, WorkerConfig
+
+if TYPE_CHECKING:  # the worker module is imported when workers start, after the first frame
+    from sd3desk.runtime.worker import EngineFactory, WorkerConfig
 
 log = logging.getLogger(__name__)
 IN_MEMORY = ":memory:"  # a queue that lives only as long as the process (`sd3desk generate`)
@@ -67,11 +70,11 @@ class Runtime:
 
     def model_dirs(self) -> tuple[Path, ...]:
         """The user's model folders, then SD3DESK_MODEL_DIRS."""
-        from sd3desk.inference.discovery import default_model_dirs
-
-        return tuple(Path(d) for d in self.settings.model_dirs) + tuple(default_model_dirs())
+        return tuple(Path(d) for d in self.settings.model_dirs) + tuple(env_model_dirs())
 
     def worker_config(self, index: int) -> WorkerConfig:
+        from sd3desk.runtime.worker import WorkerConfig
+
         s = self.settings
         return WorkerConfig(
             out_dir=self.out_dir,
@@ -89,7 +92,7 @@ class Runtime:
         """Make the workers (idle threads until a job or a preload arrives) and let them take
         the waiting jobs. Leftovers of a crash are swept from the output folder first."""
         from sd3desk.core.outputs import sweep_stale_temp_files
-        from sd3desk.runtime.worker import default_engine_factory
+        from sd3desk.runtime.worker import Worker, default_engine_factory
 
         if self.runner.workers or self._stopped:
             return

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,21 +25,42 @@ from sd3desk.core.errors import (
 )
 from sd3desk.core.jobs import FailureKind, Job
 from sd3desk.core.settings import Device, MemoryPlan, test_model_dir
-from sd3desk.runtime.events import (
-    EngineState,
-    EngineStatus,
-    JobCancelled,
-    JobFailed,
-    JobFinished,
-    JobStarted,
-    StepProgress,
-)
+from sd3desk.runtime.events import EngineState, EngineStatus, StepProgress
 
 if TYPE_CHECKING:
     from sd3desk.core.params import PromptLength
     from sd3desk.inference.engine import Engine
 
 log = logging.getLogger(__name__)
+
+
+# What a worker reports to the runner (front doors hear the runner's events instead).
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: int
+    worker: int
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    job_id: int
+    outputs: tuple[str, ...]
+    seconds_per_step: float
+    timings: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    job_id: int
+    kind: FailureKind
+    message: str
+    advice: str
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    job_id: int
+    step: int
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
 from sd3desk import __version__
 from sd3desk.core.errors import InvalidParamsError
 from sd3desk.core.jobs import DONE, Job, JobState
-from sd3desk.core.metadata import ImageMetadata
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.settings import Settings
 from sd3desk.runtime.catalog import ModelEntry
@@ -37,7 +36,6 @@ from sd3desk.runtime.events import (
     StepProgress,
 )
 from sd3desk.ui.generation_view import GenerationView
-from sd3desk.ui.notices_dialog import NoticesDialog
 from sd3desk.ui.prompt_panel import PromptPanel
 from sd3desk.ui.queue_model import QueueModel
 from sd3desk.ui.queue_panel import QueuePanel
@@ -46,7 +44,8 @@ from sd3desk.ui.theme import Tone, apply_theme, tone_style
 from sd3desk.ui.token_counter import TokenCounter
 from sd3desk.ui.widgets import named, tool_button
 
-if TYPE_CHECKING:  # both are imported when first used: the first frame need not wait for them
+if TYPE_CHECKING:  # imported when first used: the first frame need not wait for them
+    from sd3desk.core.metadata import ImageMetadata
     from sd3desk.ui.gallery_panel import GalleryPanel
     from sd3desk.ui.model_setup_dialog import ModelSetupDialog
 
@@ -343,6 +342,8 @@ class MainWindow(QMainWindow):
         self.notices_button.setText(f"Notices ({len(self.runtime.notices.notices)})")
 
     def show_notices(self) -> None:
+        from sd3desk.ui.notices_dialog import NoticesDialog
+
         NoticesDialog(self.runtime.notices, self.diagnostics, self).exec()
 
     def diagnostics(self) -> str:

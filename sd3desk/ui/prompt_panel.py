@@ -124,6 +124,9 @@ class PromptPanel(QWidget):
     def _error_label(self, name: str) -> QLabel:
         error = wrapping_label(name)
         error.setStyleSheet(tone_style(Tone.error))
+        # at the top: a form row may be taller than one line of text, and the message belongs
+        # right under its field
+        error.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         error.hide()
         return error
 

@@ -14,7 +14,6 @@ from PySide6.QtCore import QByteArray, QObject, QSettings, QTimer, Signal
 from sd3desk.core.atomic import atomic_write_bytes
 from sd3desk.core.errors import FieldError, InvalidParamsError
 from sd3desk.core.jobs import Job
-from sd3desk.core.logs import setup_logging
 from sd3desk.core.params import GenerationParams, ModelFamily, defaults_for, validate
 from sd3desk.core.settings import Settings, save_settings
 from sd3desk.runtime.catalog import ModelEntry
@@ -71,6 +70,8 @@ class Session(QObject):
         if self._started or self._stopped:
             return
         self._started = True
+        from sd3desk.core.logs import setup_logging
+
         try:
             setup_logging(self.runtime.paths.log_file, self.verbose)
         except OSError as exc:  # an unusable log folder must not keep the app from working
