@@ -61,8 +61,8 @@ class TerminalProgress:
     def engine(self, state: EngineState) -> None:
         if state.status is EngineStatus.loading:
             self.note(f"[{state.stage}/{state.stages}] {state.text}")
-        elif state.status is EngineStatus.ready and state.text != self.model:  # once per model
-            self.model = state.text
+        elif state.status is EngineStatus.ready and state.model != self.model:  # once per model
+            self.model = state.model
             self.note(f"model: {state.text}")
 
     def notice(self, notice: Notice) -> None:

@@ -10,7 +10,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from sd3desk.core.jobs import Eta, Job, estimate_etas
+from sd3desk.core.jobs import Eta, Job, JobState, estimate_etas
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -43,9 +43,12 @@ class Level(Enum):
 
 @dataclass(frozen=True)
 class JobChanged:
-    """A job was added or changed state, place or note: the whole Job after the change."""
+    """A job was added or changed: the whole Job after the change, and its state before (None
+    for a new job). A running job put back in the queue (the run was stopped) comes as
+    `previous=running`, `job.state=queued`."""
 
     job: Job
+    previous: JobState | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class EngineState:
     notices: tuple[str, ...] = ()  # load notices when ready; prompt warnings when generating
     advice: str = ""  # when failed
     job_id: int | None = None
+    model: str = ""  # the reference of the model being loaded or loaded (loading, ready)
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ class Runner(QObject):
         jobs = self._queue.enqueue_many(list(requests), front)
         self._waiting = jobs + self._waiting if front else self._waiting + jobs
         for job in jobs:
-            self._announce(job)
+            self._announce(job, None)
         self._dispatch()
         return jobs
 
@@ -152,7 +152,7 @@ class Runner(QObject):
         nothing written. Unknown or finished jobs are left alone."""
         if any(job.id == job_id for job in self._waiting):
             self._waiting = [job for job in self._waiting if job.id != job_id]
-            self._announce(self._queue.mark_cancelled(job_id))
+            self._announce(self._queue.mark_cancelled(job_id), JobState.queued)
         elif job_id in self._running:
             for worker in self.workers:
                 worker.cancel(job_id)
@@ -175,7 +175,7 @@ class Runner(QObject):
         """Queue the same request again, right after the original while it still waits."""
         copy = self._queue.duplicate(job_id)
         self._waiting = self._queue.queued()
-        self._announce(copy)
+        self._announce(copy, None)
         self._dispatch()
         return copy
 
@@ -283,7 +283,7 @@ class Runner(QObject):
         self._snapshot = self._make_snapshot()
         self.queue_changed.emit(QueueChanged(self._snapshot))
 
-    def _announce(self, job: Job) -> None:
+    def _announce(self, job: Job, previous: JobState | None) -> None:
         """Put `job` where its state says in the mirror, then tell everyone."""
         self._running.pop(job.id, None)
         if job.state is JobState.running:
@@ -291,7 +291,7 @@ class Runner(QObject):
         elif job.state in DONE:
             self._done.appendleft(job)
         self._publish()
-        self.job_changed.emit(JobChanged(job))
+        self.job_changed.emit(JobChanged(job, previous))
 
     def _dispatch(self) -> None:
         """Give each idle worker the next waiting job."""
@@ -304,7 +304,7 @@ class Runner(QObject):
             self._waiting.pop(0)
             job = self._queue.mark_running(job.id)
             self._busy[worker.index] = job.id
-            self._announce(job)
+            self._announce(job, JobState.queued)
             worker.submitted.emit(job)
         if self.workers and not self._busy:
             self.idle.emit()
@@ -312,14 +312,14 @@ class Runner(QObject):
     def _put_back(self, job_id: int) -> None:
         job = self._queue.requeue_front(job_id, STOPPED_NOTE)
         self._waiting.insert(0, job)
-        self._announce(job)
+        self._announce(job, JobState.running)
 
     def _ended(self, job_id: int, job: Job | None) -> None:
         self._busy = {w: j for w, j in self._busy.items() if j != job_id}
         self._progress.pop(job_id, None)
         self._first_step.pop(job_id, None)
         if job is not None:
-            self._announce(job)
+            self._announce(job, JobState.running)
         if self._stop_after_current and not self._busy:
             self._stop_after_current = False
             self._queue.set_paused(True)

@@ -212,7 +212,11 @@ class Worker(QObject):
                 source,
                 self.config.memory_plan,
                 on_stage=lambda s: self._state(
-                    EngineStatus.loading, s.text + "…", stage=s.index, stages=s.total
+                    EngineStatus.loading,
+                    s.text + "…",
+                    stage=s.index,
+                    stages=s.total,
+                    model=reference,
                 ),
                 use_t5=self.config.use_t5,
             )
@@ -221,7 +225,10 @@ class Worker(QObject):
 
     def _ready(self, notices: tuple[str, ...] = ()) -> None:
         assert self._engine is not None
-        self._state(EngineStatus.ready, self._engine.loaded_model().describe(), notices=notices)
+        loaded = self._engine.loaded_model()
+        self._state(
+            EngineStatus.ready, loaded.describe(), notices=notices, model=loaded.source.reference
+        )
 
     @Slot(object)
     def _run(self, job: Job) -> None:

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 
 from sd3desk import __version__
 from sd3desk.core.errors import InvalidParamsError
-from sd3desk.core.jobs import DONE, Job, JobState
+from sd3desk.core.jobs import Job, JobState
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.settings import Settings
 from sd3desk.runtime.catalog import ModelEntry
@@ -273,7 +273,7 @@ class MainWindow(QMainWindow):
             if job.params.seed is not None:
                 self.prompt_panel.set_last_seed(job.params.seed)
             self.generation.job_ended(f"Job #{job.id} done")
-        elif not self.runner.snapshot().busy and (job.state in DONE or job.note):
+        elif event.previous is JobState.running and not self.runner.snapshot().busy:
             self.generation.job_ended(f"Job #{job.id} {job.state.value}")
 
     def _on_runner_step_progressed(self, event: StepProgress) -> None:

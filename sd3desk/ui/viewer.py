@@ -17,9 +17,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from sd3desk.core.errors import MetadataError
-from sd3desk.core.metadata import a1111_text, read_metadata
-
 ZOOM_STEPS = (0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
@@ -73,6 +70,10 @@ class ImageViewer(QWidget):
         layout.addWidget(splitter)
 
     def show_image(self, path: Path | str) -> None:
+        # (imported here: the first frame shows no image, and need not wait for the readers)
+        from sd3desk.core.errors import MetadataError
+        from sd3desk.core.metadata import a1111_text, read_metadata
+
         self._image = QImage(str(path))
         self._upscale = False
         try:

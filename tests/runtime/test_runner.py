@@ -225,9 +225,12 @@ def test_halt_puts_the_running_job_back_in_front(qtbot, make_runner, tiny_model_
     later = runner.enqueue(params(tiny_model_dir))
     steps = []
     runner.step_progressed.connect(steps.append)
+    changes = []
+    runner.job_changed.connect(lambda e: changes.append((e.job.id, e.previous, e.job.state)))
     qtbot.waitUntil(lambda: len(steps) >= 1, timeout=TIMEOUT)
     with qtbot.waitSignal(runner.idle, timeout=TIMEOUT):
         runner.halt()
+    assert changes == [(long.id, JobState.running, JobState.queued)]  # put back, said so
     job = runner.get(long.id)
     assert job.state is JobState.queued and job.note.startswith("interrupted")
     assert [j.id for j in runner.snapshot().waiting] == [long.id, later.id]
