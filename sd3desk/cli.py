@@ -328,7 +328,7 @@ def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
         return ExitCode.ok
     if args.action == "list":
         snapshot = runner.snapshot()  # every ETA and place computed once
-        for job in snapshot.jobs:
+        for job in [*snapshot.running, *snapshot.waiting, *runner.history()]:
             eta = snapshot.etas.get(job.id)
             when = f" · {'~' if eta.estimated else ''}{eta.seconds:.0f} s" if eta else ""
             place = snapshot.places.get(job.id)

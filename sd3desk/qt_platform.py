@@ -130,19 +130,29 @@ def missing_packages(find: Callable[[str], bool] | None = None) -> list[str]:
     return sorted({SONAME_PACKAGES[s] for s in XCB_PLUGIN_SONAMES if not find(s)})
 
 
+def unusable_reason(
+    environ: Mapping[str, str] | None = None, find: Callable[[str], bool] | None = None
+) -> str:
+    """Why Qt's platform plugin cannot start here, with the command that fixes it; "" when it
+    can (or when Qt will not use its xcb plugin)."""
+    if not uses_xcb(os.environ if environ is None else environ):
+        return ""
+    packages = missing_packages(find)
+    if not packages:
+        return ""
+    names = [p.split(" | ")[-1] for p in packages]  # the name older releases also know
+    return (
+        f"the window needs system libraries that are missing: {', '.join(names)}. "
+        f"Install them with: sudo apt install {' '.join(names)}"
+    )
+
+
 def exit_if_platform_unusable(
     environ: Mapping[str, str] | None = None, find: Callable[[str], bool] | None = None
 ) -> None:
     """On an X11 desktop without the libraries Qt's xcb plugin needs, print one line naming the
     packages and how to install them, then exit 1 (Qt itself would abort with a riddle)."""
-    if not uses_xcb(os.environ if environ is None else environ):
-        return
-    packages = missing_packages(find)
-    if packages:
-        names = [p.split(" | ")[-1] for p in packages]  # the name older releases also know
-        print(
-            f"sd3desk: the window needs system libraries that are missing: {', '.join(names)}. "
-            f"Install them with: sudo apt install {' '.join(names)}",
-            file=sys.stderr,
-        )
+    reason = unusable_reason(environ, find)
+    if reason:
+        print(f"sd3desk: {reason}", file=sys.stderr)
         raise SystemExit(ExitCode.error)

@@ -110,16 +110,11 @@ def run_self_test(device: str = "auto", work: Path | None = None) -> dict[str, A
 
 
 def _run(check: Check, report: dict[str, Any], device: str, root: Path) -> None:
-    from PySide6.QtWidgets import QApplication
-
     from sd3desk.core.settings import Device
 
     wanted = Device(device)
     # 1. Qt and the window (the platform plugin, widgets, the composition root)
-    existing = QApplication.instance()
-    app = existing if isinstance(existing, QApplication) else QApplication(["sd3desk-self-test"])
-    report["qt_platform"] = app.platformName()
-    check.run("window", lambda: _build_window(root / "app-data"))
+    check.run("window", lambda: _build_window(root / "app-data", report))
     # 2. the ML stack and the device
     info = check.run("device", lambda: _device(wanted))
     report["device"] = info
@@ -131,7 +126,18 @@ def _run(check: Check, report: dict[str, Any], device: str, root: Path) -> None:
     check.run("metadata", lambda: _check_metadata(outputs, [str(folder), str(single)]))
 
 
-def _build_window(data_dir: Path) -> None:
+def _build_window(data_dir: Path, report: dict[str, Any]) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    from sd3desk.qt_platform import unusable_reason
+
+    # the system libraries Qt's platform plugin needs first: without them Qt aborts the process
+    reason = unusable_reason()
+    if reason:
+        raise RuntimeError(reason)
+    existing = QApplication.instance()
+    app = existing if isinstance(existing, QApplication) else QApplication(["sd3desk-self-test"])
+    report["qt_platform"] = app.platformName()
     from sd3desk.app import create_window
 
     window = create_window(["--data-dir", str(data_dir)])

@@ -231,8 +231,12 @@ class JobQueue:
     def running(self) -> list[Job]:
         return self._select("WHERE state = 'running' ORDER BY started")
 
-    def recent_done(self, limit: int) -> list[Job]:
-        """The newest `limit` finished, failed and cancelled jobs, newest first."""
+    def data_version(self) -> int:
+        """Changes whenever another connection (another process) commits to the database."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    def recent_done(self, limit: int = -1) -> list[Job]:
+        """The newest `limit` finished, failed and cancelled jobs (-1: all), newest first."""
         return self._select(
             "WHERE state NOT IN ('running', 'queued') ORDER BY ended DESC, id DESC LIMIT ?",
             (limit,),

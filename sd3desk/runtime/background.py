@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,10 @@ class Background(QObject):
     `submit(fn, key)` runs `fn()` (or `fn(report)` with `reports=True`, where `report(value)`
     emits `progressed`) and then emits `finished(key, result)` or `failed(key, exception)`.
     With `newest_wins`, only the latest submission's result and reports are delivered: an older
-    one that finishes late is dropped (token counts, model searches).
+    one that finishes late is dropped (token counts, model searches; one counter per object, so
+    give each kind of work its own Background). With `own_thread`, each submission runs on a
+    daemon thread of its own instead of the pool: for long work (a download) that must neither
+    hold up the pool nor make closing a dialog or quitting wait for it.
 
     Thread rule: create it and call `submit` on one thread; `fn` runs on a pool thread and must
     not touch widgets or that thread's objects. The signals arrive on the creating thread.
@@ -44,10 +48,13 @@ class Background(QObject):
         *,
         pool: QThreadPool | None = None,
         newest_wins: bool = False,
+        own_thread: bool = False,
     ) -> None:
         super().__init__(parent)
         self.pool = pool or QThreadPool.globalInstance()
         self.newest_wins = newest_wins
+        self.own_thread = own_thread
+        self._threads: dict[int, threading.Thread] = {}
         self._ticket = 0
         self._running: set[int] = set()
         self._relay = _Relay(self)
@@ -71,13 +78,18 @@ class Background(QObject):
 
             try:
                 result, ok = (fn(report) if reports else fn()), True
-            except Exception as exc:
+            except BaseException as exc:  # even SystemExit: the owner must hear the end
                 result, ok = exc, False
             # RuntimeError: the owner was deleted meanwhile, so nobody wants the result.
             with contextlib.suppress(RuntimeError):
                 relay.done.emit(ticket, key, ok, result)
 
-        self.pool.start(run)
+        if self.own_thread:
+            thread = threading.Thread(target=run, name=f"sd3desk-background-{ticket}", daemon=True)
+            self._threads[ticket] = thread
+            thread.start()
+        else:
+            self.pool.start(run)
         return ticket
 
     def _stale(self, ticket: int) -> bool:
@@ -85,6 +97,9 @@ class Background(QObject):
 
     def _on_relay_done(self, ticket: int, key: Any, ok: bool, result: Any) -> None:
         self._running.discard(ticket)
+        thread = self._threads.pop(ticket, None)
+        if thread is not None:
+            thread.join(timeout=5)  # it has just emitted its last signal and is returning
         if self._stale(ticket):
             return
         if ok:

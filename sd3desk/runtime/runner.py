@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, Qt, QTimer, Signal, Slot
 
 from sd3desk.core.jobs import DONE, Job, JobQueue, JobState, timing_key
 from sd3desk.core.params import GenerationParams, PromptLength, check
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the worker module loads when workers start, after the first
 
 log = logging.getLogger(__name__)
 COMMAND_TIMEOUT_S = 30.0  # how long a caller on another thread waits for a command
+OUTSIDE_CHECK_MS = 1000  # how often the runner looks for jobs another process added
 DONE_KEPT = 200  # finished jobs kept in the snapshot; the rest stay in the database
 LIVE_RATE_AFTER_STEPS = 2
 STOPPED_NOTE = "interrupted: the run was stopped"
@@ -43,7 +44,9 @@ class _Call:
 def command(method: Callable[P, R]) -> Callable[P, R]:
     """A runner command callable from any thread: it runs at once on the runner's thread, and
     from any other thread it is queued onto that thread while the caller waits for its result
-    (or its exception) for up to COMMAND_TIMEOUT_S."""
+    (or its exception). When the runner's thread has not taken the call within
+    COMMAND_TIMEOUT_S (its event loop is not running), the call is withdrawn and TimeoutError
+    raised: a caller that retries never makes the change twice."""
 
     @functools.wraps(method)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -51,11 +54,18 @@ def command(method: Callable[P, R]) -> Callable[P, R]:
         assert isinstance(runner, Runner)
         if threading.get_ident() == runner._owner:
             return method(*args, **kwargs)
-        from concurrent.futures import Future  # (not at the top: startup does not need it)
+        from concurrent import futures  # (not at the top: startup does not need it)
 
-        future: Future = Future()
+        future: Future = futures.Future()
         runner._invoke.emit(_Call(future, functools.partial(method, *args, **kwargs)))
-        return future.result(timeout=COMMAND_TIMEOUT_S)
+        try:
+            return future.result(timeout=COMMAND_TIMEOUT_S)
+        except futures.TimeoutError:  # (not the builtin one before Python 3.11)
+            if future.cancel():  # not started: it never will be
+                raise TimeoutError(
+                    f"the runner did not take {method.__name__} within {COMMAND_TIMEOUT_S} s"
+                ) from None
+            return future.result()  # started meanwhile: commands are short, its result comes
 
     return call
 
@@ -103,6 +113,11 @@ class Runner(QObject):
         self._paused = queue.paused
         self._timings = queue.timings()
         self._snapshot = self._make_snapshot()
+        # 2. what other processes change (`sd3desk queue add`, `queue pause`), seen within a second
+        self._data_version = queue.data_version()
+        self._outside = QTimer(self, interval=OUTSIDE_CHECK_MS)
+        self._outside.timeout.connect(self._on_outside_timeout)
+        self._outside.start()
 
     # ------------------------------------------------------------------ any thread, no waiting
 
@@ -129,6 +144,11 @@ class Runner(QObject):
             return None
 
     @command
+    def history(self, limit: int = -1) -> list[Job]:
+        """Finished, failed and cancelled jobs, newest first (-1: all of them)."""
+        return self._queue.recent_done(limit)
+
+    @command
     def enqueue(self, params: GenerationParams, front: bool = False) -> Job:
         """Store a job (its seed made concrete) and hand it out when a worker is free."""
         return self.enqueue_many([params], front)[0]
@@ -151,8 +171,9 @@ class Runner(QObject):
         """A waiting job is cancelled at once; a running one stops within one step, with
         nothing written. Unknown or finished jobs are left alone."""
         if any(job.id == job_id for job in self._waiting):
+            cancelled = self._queue.mark_cancelled(job_id)  # the database first, then the mirror
             self._waiting = [job for job in self._waiting if job.id != job_id]
-            self._announce(self._queue.mark_cancelled(job_id), JobState.queued)
+            self._announce(cancelled, JobState.queued)
         elif job_id in self._running:
             for worker in self.workers:
                 worker.cancel(job_id)
@@ -262,11 +283,28 @@ class Runner(QObject):
     @Slot(object)
     def _on_invoke(self, call: _Call) -> None:
         if not call.future.set_running_or_notify_cancel():
-            return
+            return  # the caller gave up waiting before it started
         try:
             call.future.set_result(call.function())
-        except Exception as exc:
+        except BaseException as exc:  # the caller gets it, whatever it is
             call.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    @Slot()
+    def _on_outside_timeout(self) -> None:
+        """Another process committed: take the waiting jobs and the pause state it left (jobs
+        this runner runs stay its own)."""
+        version = self._queue.data_version()
+        if version == self._data_version:
+            return
+        self._data_version = version
+        waiting = [job for job in self._queue.queued() if job.id not in self._running]
+        paused = self._queue.paused
+        if [j.id for j in waiting] != [j.id for j in self._waiting] or paused != self._paused:
+            self._waiting, self._paused = waiting, paused
+            self._publish()
+            self._dispatch()
 
     def _make_snapshot(self) -> QueueSnapshot:
         return QueueSnapshot(
@@ -301,8 +339,8 @@ class Runner(QObject):
             job = self.next_job()
             if job is None:
                 break
+            job = self._queue.mark_running(job.id)  # the database first, then the mirror
             self._waiting.pop(0)
-            job = self._queue.mark_running(job.id)
             self._busy[worker.index] = job.id
             self._announce(job, JobState.queued)
             worker.submitted.emit(job)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QThreadPool, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
@@ -81,10 +81,9 @@ class ModelSetupDialog(QDialog):
         self.endpoint = endpoint  # None: huggingface_hub's own setting (HF_ENDPOINT)
         self.cache_dir = cache_dir  # None: the standard Hugging Face cache
         self._cancel: threading.Event | None = None
-        # its own pool: a download takes minutes and must not hold up thumbnails or searches
-        self.download_pool = QThreadPool(self)
-        self.download_pool.setMaxThreadCount(1)
-        self._download = Background(self, pool=self.download_pool)
+        # its own thread: a download takes minutes, must not hold up thumbnails or searches, and
+        # closing the dialog only cancels it (the thread notices within a chunk and ends)
+        self._download = Background(self, own_thread=True)
         self._download.progressed.connect(self._on_download_progressed)
         self._download.finished.connect(self._on_download_finished)
         self._download.failed.connect(self._on_download_failed)

@@ -212,7 +212,14 @@ class Session(QObject):
                 fill(data)
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, TypeError, AttributeError, InvalidParamsError) as exc:
+        except (
+            OSError,
+            ValueError,
+            OverflowError,
+            TypeError,
+            AttributeError,
+            InvalidParamsError,
+        ) as exc:
             self.runtime.notices.warning(f"The saved form could not be restored ({exc})")
 
     def _layout_store(self) -> QSettings:

@@ -51,3 +51,17 @@ def test_cli_self_test_prints_json_and_writes_the_report(tmp_path):
     report = json.loads(out.stdout)
     assert report["ok"] and report["qt_platform"] == "offscreen"
     assert json.loads((tmp_path / "r.json").read_text()) == report
+
+
+def test_missing_qt_libraries_fail_the_window_step_with_the_command(qtbot, tmp_path, monkeypatch):
+    from sd3desk import qt_platform
+
+    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(qt_platform, "loadable", lambda soname: soname != "libxcb-cursor.so.0")
+    report = run_self_test("cpu", work=tmp_path)
+    assert not report["ok"]
+    window = report["steps"][0]
+    assert window["step"] == "window" and not window["ok"]
+    assert "sudo apt install libxcb-cursor0" in window["error"]

@@ -377,3 +377,41 @@ def test_a_command_from_another_thread_times_out_when_the_runners_loop_is_not_ru
     thread.start()
     thread.join(5)  # no event loop runs here, so the call can never be carried over
     assert failed and runner.snapshot().waiting == ()
+
+
+def test_a_command_that_timed_out_is_withdrawn_not_run_later(qtbot, tmp_path, monkeypatch):
+    """A caller that got TimeoutError may retry: the first call must never land afterwards."""
+    from sd3desk.runtime import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "COMMAND_TIMEOUT_S", 0.2)
+    runner = Runner(JobQueue(Store(tmp_path / "sd3desk.db")))
+    failed: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            runner.enqueue(params(tmp_path))
+        except TimeoutError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    thread.join(5)  # timed out: this thread ran no event loop meanwhile
+    assert failed
+    qtbot.wait(100)  # now the queued call is delivered ... and dropped
+    assert runner.snapshot().waiting == ()
+    assert runner.job(1) is None
+
+
+def test_jobs_another_process_adds_are_taken_within_a_second(qtbot, tmp_path):
+    """`sd3desk queue add` and `queue pause` in a terminal while the window runs the queue."""
+    runner = Runner(JobQueue(Store(tmp_path / "sd3desk.db")))
+    mine = runner.enqueue(params(tmp_path))
+    other = JobQueue(Store(tmp_path / "sd3desk.db"))  # another connection, as another process
+    theirs = other.enqueue(params(tmp_path, prompt="from the terminal"))
+    changed = []
+    runner.queue_changed.connect(changed.append)
+    qtbot.waitUntil(lambda: len(runner.snapshot().waiting) == 2, timeout=5_000)
+    assert [j.id for j in runner.snapshot().waiting] == [mine.id, theirs.id]
+    other.set_paused(True)
+    qtbot.waitUntil(lambda: runner.snapshot().paused, timeout=5_000)
+    assert len(changed) == 2  # one announcement per outside change, none in between

@@ -184,3 +184,11 @@ def test_an_older_model_search_finishing_late_is_ignored(qtbot, monkeypatch):
     pool.waitForDone()
     qtbot.wait(50)  # the older result arrives now, and is dropped
     assert catalog.entries == [MEDIUM] and len(found) == 1
+
+
+def test_a_saved_form_with_impossible_numbers_becomes_a_notice(open_window, tmp_path):
+    """JSON allows 1e999 (infinity): the window still opens, with its default form."""
+    (tmp_path / "form.json").write_text('{"prompt": "x", "seed": 1e999, "random_seed": false}')
+    window = open_window(tmp_path, "--model", "test")
+    assert window.prompt_panel.prompt.toPlainText() == ""
+    assert any("could not be restored" in n.message for n in window.runtime.notices.notices)

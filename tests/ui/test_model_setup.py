@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,6 @@ def open_dialog(qtbot, tmp_path, pool):
     for dialog in made:
         dialog.cancel()
         qtbot.waitUntil(lambda d=dialog: not d.busy(), timeout=TIMEOUT_MS)
-        assert dialog.download_pool.waitForDone(TIMEOUT_MS)
     pool.waitForDone()
     qtbot.wait(10)  # deliver the last queued reports while the dialogs still exist
 
@@ -359,3 +359,34 @@ def test_nothing_found_says_so(qtbot, open_dialog):
         pass
     assert dialog.found.count() == 0
     assert "None yet" in dialog.found_note.text()
+
+
+def test_closing_the_dialog_mid_download_cancels_without_waiting(qtbot, monkeypatch):
+    """The download may be stuck on a slow connection: closing the dialog must not wait for it."""
+    import time
+
+    from PySide6.QtCore import QCoreApplication, QEvent
+
+    started, release = threading.Event(), threading.Event()
+    seen: list[threading.Event] = []
+
+    def slow_fetch(repo, token, with_t5, plan_only, cancel, report, where):
+        seen.append(cancel)
+        started.set()
+        release.wait(10)  # a stalled connection
+        return None
+
+    monkeypatch.setattr(model_setup_dialog, "_fetch", slow_fetch)
+    dialog = ModelSetupDialog(ModelCatalog(), cache_dir=None)
+    dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    dialog.show()
+    dialog.start_download()
+    assert started.wait(5)
+    begin = time.perf_counter()
+    dialog.reject()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)  # the dialog goes now
+    assert time.perf_counter() - begin < 1.0
+    assert seen[0].is_set()  # the download was told to stop
+    release.set()
+    for thread in [t for t in threading.enumerate() if t.name.startswith("sd3desk-background")]:
+        thread.join(5)
