@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, QTimer
 from PySide6.QtGui import QIcon, QWindow
@@ -70,6 +71,23 @@ def create_window(argv: Sequence[str] | argparse.Namespace | None = None) -> Mai
             started.append(True)
             session.start()
             window.attach_gallery(_make_gallery(runtime))
+            if session.settings.serve:
+                serving().apply(session.settings, session.picked_model)
+
+    def serving() -> Any:
+        """The window's server, made when it is first asked for (its modules load then)."""
+        if not made:
+            from sd3desk.server.window import WindowServing
+
+            made.append(WindowServing(runtime, window))
+            made[0].status_changed.connect(window.set_server_status)
+            app.aboutToQuit.connect(made[0].stop)
+        return made[0]
+
+    made: list[Any] = []
+    session.settings_changed.connect(
+        lambda s: serving().apply(s, session.picked_model) if s.serve or made else None
+    )
 
     # (with the window as context: a timer still pending when the window goes is dropped)
     _when_first_exposed(window, lambda: QTimer.singleShot(0, window, start))
@@ -100,14 +118,12 @@ def _when_first_exposed(window: MainWindow, callback: Callable[[], object]) -> N
 
 
 def _make_gallery(runtime: Runtime):
-    from sd3desk.core.gallery import GalleryIndex
     from sd3desk.runtime.gallery_scanner import GalleryScanner
     from sd3desk.ui.gallery_model import GalleryModel
     from sd3desk.ui.gallery_panel import GalleryPanel
     from sd3desk.ui.thumbnails import ThumbnailLoader
 
-    gallery = GalleryIndex(runtime.store, runtime.out_dir)
-    panel = GalleryPanel(GalleryModel(gallery, ThumbnailLoader(runtime.paths.cache)))
+    panel = GalleryPanel(GalleryModel(runtime.gallery, ThumbnailLoader(runtime.paths.cache)))
     panel.watch(GalleryScanner(runtime.paths.database, runtime.out_dir))
     return panel
 

@@ -104,6 +104,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output folder (default: your Pictures/sd3desk)")
     _add_engine_args(run)
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve the queue over HTTP: a web page, sd3desk's API (/api/v1) and "
+        "AUTOMATIC1111's (/sdapi/v1); Ctrl+C stops (the running job goes back to the front)",
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0: every "
+        "network, which needs a token)",
+    )
+    serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    serve.add_argument(
+        "--token",
+        default="",
+        help="the token every request must carry (Authorization: Bearer, or HTTP Basic "
+        "password); made and kept in the config folder when another address needs one",
+    )
+    serve.add_argument(
+        "--model", default="", help="the model for requests that name none (PATH, REPO_ID, test)"
+    )
+    serve.add_argument(
+        "--cors",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web page origin allowed to call the API, e.g. http://localhost:3000 (repeatable)",
+    )
+    serve.add_argument("--no-web", action="store_true", help="the APIs only, no web page")
+    serve.add_argument("--out", type=Path, help="output folder (default: your Pictures/sd3desk)")
+    _add_engine_args(serve)
+
     models = commands.add_parser("models", help="list the SD3 models sd3desk can find")
     models.add_argument(
         "--model-dir", type=Path, action="append", default=[], help="also look in DIR (repeatable)"
@@ -195,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "generate": _generate,
         "queue": _queue,
         "models": _models,
+        "serve": _serve,
         "make-test-model": _make_test_model,
         "self-test": _self_test,
     }
@@ -353,6 +386,23 @@ def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
 
     outcome = run_queue(runtime, stop_on_failure=False, progress=progress)
     return _report(outcome)
+
+
+def _serve(args: argparse.Namespace, paths: AppPaths) -> int:
+    """The runtime, its workers and the server, until Ctrl+C."""
+    from sd3desk.headless import TerminalProgress, serve
+    from sd3desk.runtime.runtime import build_runtime
+    from sd3desk.server.config import ServeConfig
+
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        cors_origins=tuple(args.cors),
+        model=args.model,
+    ).check()
+    runtime = build_runtime(paths, _settings(args, paths))
+    return serve(runtime, config, progress=TerminalProgress(sys.stderr), web=not args.no_web)
 
 
 # ---------------------------------------------------------------- models, make-test-model

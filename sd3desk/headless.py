@@ -155,3 +155,68 @@ def run_queue(
         signal.signal(signal.SIGINT, previous)
         runtime.stop()
     return outcome
+
+
+def serve(
+    runtime: Runtime,
+    config: Any,
+    *,
+    progress: TerminalProgress,
+    web: bool = True,
+    out: TextIO = sys.stdout,
+) -> ExitCode:
+    """Serve `runtime`'s queue over HTTP until Ctrl+C: workers, the model search, then the
+    server (see sd3desk.server). Ctrl+C stops the running job within a step and puts it back at
+    the front; the queue keeps every job for the next start. Returns the exit code."""
+    from PySide6.QtCore import QCoreApplication, QEventLoop, QTimer
+
+    from sd3desk.runtime.catalog import check_model
+    from sd3desk.server.config import token_file, with_token
+    from sd3desk.server.host import ServerHost
+
+    app = QCoreApplication.instance() or QCoreApplication([])
+    runner = runtime.runner
+    runtime.notices.added.connect(progress.notice)
+    runner.engine_state_changed.connect(progress.engine)
+    for notice in runtime.notices.notices:
+        progress.notice(notice)
+    # 1. the model list first: requests choose from it; --model joins it
+    if config.model and runtime.catalog.entry(config.model) is None:
+        runtime.catalog.include(check_model(config.model))
+    found = QEventLoop()
+    runtime.catalog.found.connect(found.quit)
+    runtime.catalog.refresh()
+    QTimer.singleShot(30_000, found.quit)
+    found.exec()
+    runtime.start_workers()
+    # 2. the token it needs, then the server
+    config, made = with_token(config, runtime.paths.config)
+    host = ServerHost(runtime, config, web=web)
+    url = host.start()
+    print(f"sd3desk is serving at {url}", file=out, flush=True)
+    if made:
+        progress.note(f"token (kept in {token_file(runtime.paths.config)}): {config.token}")
+    if config.token:
+        progress.note(f"open {url}?token=… in a browser; APIs send Authorization: Bearer …")
+    interrupted = [False]
+
+    def on_interrupt(*_: Any) -> None:
+        if interrupted[0]:
+            os._exit(ExitCode.interrupted)
+        interrupted[0] = True
+        progress.note("stopping after this step… (Ctrl+C again to quit at once)")
+        runner.idle.connect(app.quit)
+        runner.halt()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    ticker = QTimer()
+    ticker.start(100)  # gives Python a chance to run the Ctrl+C handler during Qt's loop
+    ticker.timeout.connect(lambda: None)
+    try:
+        app.exec()
+    finally:
+        ticker.stop()
+        signal.signal(signal.SIGINT, previous)
+        host.stop()
+        runtime.stop()
+    return ExitCode.interrupted if interrupted[0] else ExitCode.ok

@@ -265,6 +265,10 @@ class GalleryIndex:
         ).fetchall()
         return [ImageRow(*row[:12], favourite=bool(row[12])) for row in rows]
 
+    def get(self, image_id: int) -> ImageRow | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM images WHERE id = ?", (image_id,)).fetchone()
+        return ImageRow(*row[:12], favourite=bool(row[12])) if row else None
+
     def count(self, text: str = "", **filters: Any) -> int:
         where, args = self._where(
             text,

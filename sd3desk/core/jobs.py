@@ -70,6 +70,8 @@ class Job:
     error_advice: str = ""
     outputs: tuple[str, ...] = ()
     sort_key: float = 0.0
+    source: str = ""  # the front door it came through: "window", "cli", "web", "a1111", "api"
+    client: str = ""  # for jobs from the network: the address that sent it
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class Eta:
 
 _COLUMNS = (
     "id, sort_key, state, params, created, started, ended, crashes, note, "
-    "error_kind, error_message, error_advice, outputs"
+    "error_kind, error_message, error_advice, outputs, source, client"
 )
 FIRST_USE_SECONDS_PER_MEGAPIXEL_STEP = 1.0  # a deliberately rough first guess, marked as such
 
@@ -102,6 +104,8 @@ def _job(row: tuple) -> Job:
         message,
         advice,
         outputs,
+        source,
+        client,
     ) = row
     return Job(
         id=id_,
@@ -117,6 +121,8 @@ def _job(row: tuple) -> Job:
         error_advice=advice,
         outputs=tuple(json.loads(outputs)),
         sort_key=sort_key,
+        source=source,
+        client=client,
     )
 
 
@@ -260,28 +266,37 @@ class JobQueue:
 
     # ------------------------------------------------------------------ adding
 
-    def enqueue(self, params: GenerationParams, front: bool = False) -> Job:
+    def enqueue(
+        self, params: GenerationParams, front: bool = False, source: str = "", client: str = ""
+    ) -> Job:
         """Add a job (its seed made concrete now, so the saved image can be re-made)."""
         params = params.with_concrete_seed()
         key = self._front_key() - 1 if front else self._back_key()
         cursor = self.db.execute(
-            "INSERT INTO jobs (sort_key, state, params, created) VALUES (?, 'queued', ?, ?)",
-            (key, json.dumps(params.to_dict()), self.store.clock()),
+            "INSERT INTO jobs (sort_key, state, params, created, source, client) "
+            "VALUES (?, 'queued', ?, ?, ?, ?)",
+            (key, json.dumps(params.to_dict()), self.store.clock(), source, client),
         )
         return self.get(int(cursor.lastrowid or 0))
 
-    def enqueue_many(self, requests: list[GenerationParams], front: bool = False) -> list[Job]:
+    def enqueue_many(
+        self,
+        requests: list[GenerationParams],
+        front: bool = False,
+        source: str = "",
+        client: str = "",
+    ) -> list[Job]:
         """Add several jobs in one transaction, in the given order (at the front: still in
         that order, before every waiting job)."""
         with self._transaction():
             if not front:
-                return [self.enqueue(params) for params in requests]
-            return [self.enqueue(params, front=True) for params in reversed(requests)][::-1]
+                return [self.enqueue(p, False, source, client) for p in requests]
+            return [self.enqueue(p, True, source, client) for p in reversed(requests)][::-1]
 
     def duplicate(self, job_id: int) -> Job:
         """Queue the same request again, right after the original when it is still waiting."""
         job = self.get(job_id)
-        copy = self.enqueue(job.params)
+        copy = self.enqueue(job.params, source=job.source, client=job.client)
         if job.state is JobState.queued:
             later = [j for j in self.queued() if j.sort_key > job.sort_key and j.id != copy.id]
             key = (job.sort_key + later[0].sort_key) / 2 if later else job.sort_key + 1

@@ -134,6 +134,11 @@ class Settings:
     gpu_workers: int = 1
     use_t5: bool = True  # off: prompts go through the two CLIP encoders only (saves ~9 GB)
     theme: Theme = Theme.system
+    # Serving the queue over HTTP from the window (File → Settings → Serve on this computer).
+    serve: bool = False
+    serve_host: str = "127.0.0.1"  # anything but loopback needs a token
+    serve_port: int = 7860
+    serve_token: str = ""  # "" on loopback: none; elsewhere one is made and kept in the config
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:
@@ -147,6 +152,10 @@ class Settings:
             "gpu_workers": self.gpu_workers,
             "use_t5": self.use_t5,
             "theme": self.theme.value,
+            "serve": self.serve,
+            "serve_host": self.serve_host,
+            "serve_port": self.serve_port,
+            "serve_token": self.serve_token,
         }
         return json.dumps(data, indent=2, sort_keys=True)
 
@@ -173,9 +182,13 @@ def _parse_setting(key: str, value: Any) -> Any:
         return MemoryPlan(value)
     if key == "theme":
         return Theme(value)
-    if key == "use_t5":
+    if key in ("use_t5", "serve"):
         if not isinstance(value, bool):
             raise TypeError(key)
+        return value
+    if key == "serve_port":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise ValueError(key)
         return value
     if key == "model_dirs":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -72,6 +72,11 @@ MIGRATIONS: list[str] = [
         VALUES (new.id, new.prompt, new.negative_prompt);
     END;
     """,
+    # 3: where each job came from (the front door, and the network address that sent it)
+    """
+    ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN client TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -88,6 +93,7 @@ class Store:
         self.path = Path(path) if str(path) != ":memory:" else None
         self.clock = clock
         self.notices: list[str] = []
+        self.db: sqlite3.Connection
         try:
             self.db = self._open(str(path))
         except sqlite3.DatabaseError as exc:
@@ -119,6 +125,19 @@ class Store:
             db.close()
             raise
         return db
+
+    @classmethod
+    def secondary(cls, path: Path | str, clock: Callable[[], float] = time.time) -> Store:
+        """Another connection to a database the app already opened (checked, migrated): for
+        another thread (SQLite connections stay on the thread that made them). No integrity
+        check, which reads the whole file, and no moving aside; waits up to 5 s for a lock."""
+        store = cls.__new__(cls)
+        store.path = Path(path)
+        store.clock = clock
+        store.notices = []
+        store.db = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+        store.db.execute("PRAGMA synchronous=NORMAL")
+        return store
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:

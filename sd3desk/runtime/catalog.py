@@ -75,6 +75,7 @@ class ModelCatalog(QObject):
         super().__init__()
         self.model_dirs = tuple(model_dirs)
         self.entries: list[ModelEntry] = []
+        self.chosen: list[ModelEntry] = []  # picked by the user outside the model folders
         self.searched = False
         self._search = Background(self, pool=pool, newest_wins=True)
         self._search.finished.connect(self._on_search_finished)
@@ -92,7 +93,14 @@ class ModelCatalog(QObject):
         return entry.family if entry else None
 
     def all_entries(self) -> list[ModelEntry]:
-        return [*self.entries, TEST_ENTRY]
+        known = {e.reference for e in self.entries}
+        return [*self.entries, *(e for e in self.chosen if e.reference not in known), TEST_ENTRY]
+
+    def include(self, entry: ModelEntry) -> None:
+        """Offer a model the user picked by hand (a file or folder outside the model folders,
+        `--model`) with the ones found. Clients of the server can then ask for it too."""
+        if all(e.reference != entry.reference for e in self.all_entries()):
+            self.chosen = [*self.chosen, entry]
 
     def _on_search_finished(self, _key: object, result: tuple[list[ModelEntry], list[str]]):
         self.entries, problems = result

@@ -13,7 +13,7 @@ from sd3desk.runtime.background import Background
 
 def scan(database: Path, folder: Path) -> ScanResult:
     """One rescan on its own connection (SQLite objects stay on the thread that made them)."""
-    store = Store(database)
+    store = Store.secondary(database)
     try:
         return GalleryIndex(store, folder).scan()
     finally:

@@ -116,8 +116,7 @@ class Runner(QObject):
         # 2. what other processes change (`sd3desk queue add`, `queue pause`), seen within a second
         self._data_version = queue.data_version()
         self._outside = QTimer(self, interval=OUTSIDE_CHECK_MS)
-        self._outside.timeout.connect(self._on_outside_timeout)
-        self._outside.start()
+        self._outside.timeout.connect(self._on_outside_timeout)  # started with the workers
 
     # ------------------------------------------------------------------ any thread, no waiting
 
@@ -136,7 +135,7 @@ class Runner(QObject):
     def job(self, job_id: int) -> Job | None:
         """The job as it stands now, also one done long ago (None when there is no such job)."""
         found = self._snapshot.find(job_id)
-        if found is not None:
+        if found is not None or not 0 < job_id < 2**63:  # (SQLite's row ids)
             return found
         try:
             return self._queue.get(job_id)
@@ -149,17 +148,26 @@ class Runner(QObject):
         return self._queue.recent_done(limit)
 
     @command
-    def enqueue(self, params: GenerationParams, front: bool = False) -> Job:
-        """Store a job (its seed made concrete) and hand it out when a worker is free."""
-        return self.enqueue_many([params], front)[0]
+    def enqueue(
+        self, params: GenerationParams, front: bool = False, source: str = "", client: str = ""
+    ) -> Job:
+        """Store a job (its seed made concrete) and hand it out when a worker is free.
+        `source` names the front door, `client` the network address of a remote caller."""
+        return self.enqueue_many([params], front, source, client)[0]
 
     @command
-    def enqueue_many(self, requests: Sequence[GenerationParams], front: bool = False) -> list[Job]:
+    def enqueue_many(
+        self,
+        requests: Sequence[GenerationParams],
+        front: bool = False,
+        source: str = "",
+        client: str = "",
+    ) -> list[Job]:
         """Store several jobs in one transaction, in order; raises InvalidParamsError (naming
         every bad field) before storing any."""
         for params in requests:
             check(params)
-        jobs = self._queue.enqueue_many(list(requests), front)
+        jobs = self._queue.enqueue_many(list(requests), front, source, client)
         self._waiting = jobs + self._waiting if front else self._waiting + jobs
         for job in jobs:
             self._announce(job, None)
@@ -257,6 +265,7 @@ class Runner(QObject):
             worker.job_cancelled.connect(self._on_worker_job_cancelled)
             worker.engine_state_changed.connect(self.engine_state_changed)
             worker.start()
+        self._outside.start()
         if self._wanted_model and not self.next_job():
             self.preload(self._wanted_model)
         self._dispatch()

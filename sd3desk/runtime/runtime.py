@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sd3desk.core.errors import SD3DeskError
+from sd3desk.core.gallery import GalleryIndex
 from sd3desk.core.jobs import JobQueue, JobState
 from sd3desk.core.settings import AppPaths, Settings, env_model_dirs
 from sd3desk.core.store import Store
@@ -63,6 +65,8 @@ class Runtime:
         # 3. the runner (commands work from now on), the model catalog
         self.runner = Runner(queue)
         self.catalog = ModelCatalog(self.model_dirs())
+        # 4. the gallery index: every finished image is in it at once, whichever door asked
+        self.gallery = GalleryIndex(self.store, self.out_dir)
         self._engine_factory = engine_factory
         self.runner.job_changed.connect(self._on_runner_job_changed)
         self.runner.engine_state_changed.connect(self._on_runner_engine_state_changed)
@@ -132,7 +136,13 @@ class Runtime:
 
     def _on_runner_job_changed(self, event: JobChanged) -> None:
         job = event.job
-        if job.state is JobState.failed:
+        if job.state is JobState.finished:
+            for path in job.outputs:
+                try:
+                    self.gallery.add(path)
+                except (OSError, SD3DeskError) as exc:  # a rescan picks it up later
+                    log.warning("could not index %s: %s", path, exc)
+        elif job.state is JobState.failed:
             self.notices.error(f"Job #{job.id} failed: {job.error_message}", job.error_advice)
 
     def _on_runner_engine_state_changed(self, state: EngineState) -> None:

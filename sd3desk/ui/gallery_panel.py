@@ -104,9 +104,11 @@ class GalleryPanel(QWidget):
             self.model.refresh()
             self.reload_models()
 
-    def image_added(self, path: str) -> None:
-        """A job just wrote `path`: index it and show it at once, without a rescan."""
-        self.model.gallery.add(path)
+    def image_added(self, path: str, indexed: bool = False) -> None:
+        """A job just wrote `path`: index it (unless the runtime already did) and show it at
+        once, without a rescan."""
+        if not indexed:
+            self.model.gallery.add(path)
         self.model.refresh()
         self.reload_models()
 

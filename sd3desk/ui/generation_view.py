@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 
-from sd3desk.ui.queue_model import format_seconds
+from sd3desk.core.words import duration
 from sd3desk.ui.viewer import ImageViewer
 from sd3desk.ui.widgets import named
 
@@ -69,7 +69,7 @@ class GenerationView(QWidget):
         rate = elapsed_s / max(step, 1)
         self.progress.setRange(0, total)
         self.progress.setValue(step)
-        left = format_seconds(rate * (total - step))
+        left = duration(rate * (total - step))
         self.progress.setFormat(f"step {step}/{total} · {rate:.2f} s/step · {left} left")
         if preview is not None:
             self.viewer.show_qimage(to_qimage(preview), f"Job #{job_id}: step {step}/{total}")

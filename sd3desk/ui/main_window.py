@@ -3,6 +3,7 @@ docked on the right, engine status and notices at the bottom."""
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,7 +108,11 @@ class MainWindow(QMainWindow):
         self.notices_button = tool_button("Notices", "noticesButton")
         self.notices_button.setToolTip("Errors, warnings and messages of this session")
         self.notices_button.clicked.connect(self.show_notices)
+        self.server_label = named(QLabel(), "serverStatus")
+        self.server_label.setOpenExternalLinks(True)
+        self.server_label.hide()
         self.statusBar().addWidget(self.engine_label, 1)
+        self.statusBar().addPermanentWidget(self.server_label)
         self.statusBar().addPermanentWidget(self.notice_label)
         self.statusBar().addPermanentWidget(self.notices_button)
 
@@ -267,7 +272,7 @@ class MainWindow(QMainWindow):
         elif job.state is JobState.finished:
             if self.gallery_panel is not None:
                 for path in job.outputs:
-                    self.gallery_panel.image_added(path)
+                    self.gallery_panel.image_added(path, indexed=True)
             if job.outputs:
                 self.generation.show_image(job.outputs[-1])
             if job.params.seed is not None:
@@ -330,6 +335,22 @@ class MainWindow(QMainWindow):
         self.save_form()
         self.save_layout()
         super().closeEvent(event)
+
+    def set_server_status(self, text: str, url: str, token: str) -> None:
+        """The serving indicator: a link to open when serving, why not when it failed."""
+        if not text:
+            self.server_label.hide()
+            return
+        if url:
+            address = f"{url}?token={token}" if token else url
+            self.server_label.setText(f'<a href="{address}">{escape(text)}</a>')
+            tip = "Open the web page"
+            tip += "; clients need the token (Settings → Serve)" if token else ""
+        else:
+            self.server_label.setText(escape(text))
+            tip = "File → Settings → Serve on this computer"
+        self.server_label.setToolTip(tip)
+        self.server_label.show()
 
     # ------------------------------------------------------------------ dialogs and notices
 

@@ -18,6 +18,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QColor
 
 from sd3desk.core.jobs import DONE, Job, JobState
+from sd3desk.core.words import duration, ordinal
 from sd3desk.runtime.events import QueueSnapshot, StepProgress
 from sd3desk.ui.theme import Tone
 
@@ -34,18 +35,8 @@ _STATE_WORDS = {
 }
 
 
-def format_seconds(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
+# Jobs that came through another door than this window say so (and from which address).
+_SOURCE_WORDS = {"web": "from the web page", "a1111": "from an A1111 client", "api": "from the API"}
 
 
 class QueueModel(QAbstractListModel):
@@ -208,12 +199,14 @@ class QueueModel(QAbstractListModel):
         if job.state is JobState.running:
             status += f" · step {self._snapshot.progress.get(job.id, 0)}/{p.steps}"
         elif job.state is JobState.queued:
-            status += f" · {_ordinal(self._snapshot.places.get(job.id, 0))}"
+            status += f" · {ordinal(self._snapshot.places.get(job.id, 0))}"
         eta = self._snapshot.etas.get(job.id)
         if eta is not None and job.state not in DONE:
-            status += f" · {'~' if eta.estimated else ''}{format_seconds(eta.seconds)} left"
+            status += f" · {'~' if eta.estimated else ''}{duration(eta.seconds)} left"
         if job.note and job.state is JobState.queued:
             status += f" · {job.note}"
+        if job.source in _SOURCE_WORDS:
+            status += f" · {_SOURCE_WORDS[job.source]}" + (f" {job.client}" if job.client else "")
         if job.state is JobState.failed:
             status += f" · {job.error_message}"
         images = f" · {p.batch_size} images" if p.batch_size > 1 else ""

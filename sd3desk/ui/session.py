@@ -59,6 +59,10 @@ class Session(QObject):
         return self.runtime.settings
 
     @property
+    def picked_model(self) -> str:
+        return self._picked
+
+    @property
     def stopped(self) -> bool:
         return self._stopped
 
@@ -98,6 +102,8 @@ class Session(QObject):
         if not reference or reference == self._picked:
             return
         self._picked = reference
+        if self.runtime.catalog.searched:  # (before, the first search result offers it)
+            self._offer(reference)
         family = self.runtime.catalog.family_of(reference)
         if self._restoring:
             self._family = None  # known once the catalog is (see _on_catalog_found)
@@ -109,6 +115,17 @@ class Session(QObject):
             self._preload_timer.start()
         if reference != self.settings.last_model:
             self._save_settings(dataclasses.replace(self.settings, last_model=reference))
+
+    def _offer(self, reference: str) -> None:
+        """A model picked outside the catalog (`--model`, a file from the Models dialog) joins
+        it, so every front door (the server too) may use it; headers only, no weights read."""
+        from sd3desk.core.errors import SD3DeskError
+        from sd3desk.runtime.catalog import check_model
+
+        if self.runtime.catalog.entry(reference) is None:
+            # not a model (any more): a job for it fails with the reason
+            with contextlib.suppress(SD3DeskError):
+                self.runtime.catalog.include(check_model(reference))
 
     def preload_picked_model(self) -> None:
         if self._picked and not self._stopped:
@@ -130,6 +147,9 @@ class Session(QObject):
         first = not self._models_listed
         self._models_listed = True
         current = self._picked or self.model_override or self.settings.last_model
+        if current:
+            self._offer(current)
+            entries = self.runtime.catalog.all_entries()
         with self.restoring():  # keeping (or restoring) the pick is not a new pick: no defaults
             self.models_listed.emit(entries, current)
         if self._family is None:  # the restored form's model: switching within it keeps values

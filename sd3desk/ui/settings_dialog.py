@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLineEdit,
     QListWidget,
@@ -97,6 +98,7 @@ class SettingsDialog(QDialog):
         dirs_row.addLayout(dir_buttons)
         form.addRow(label("Model &folders", self.model_dirs), dirs_row)
         form.addRow("&GPU workers", self.workers)
+        serve = self._serve_box(settings)
         note = wrapping_label(
             "settingsNote",
             "Device, memory plan and T5 apply at once (the model reloads); the output folder "
@@ -109,9 +111,46 @@ class SettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(serve)
         layout.addWidget(note)
         layout.addWidget(buttons)
         self.resize(620, self.sizeHint().height())
+
+    def _serve_box(self, settings: Settings) -> QGroupBox:
+        box = named(QGroupBox("Serve on this computer"), "serveBox")
+        box.setCheckable(True)
+        box.setChecked(settings.serve)
+        box.setToolTip(
+            "A web page and the AUTOMATIC1111 and sd3desk APIs on this queue, for browsers and "
+            "apps such as Open WebUI or SillyTavern"
+        )
+        self.serve = box
+        self.serve_host = named(QLineEdit(settings.serve_host), "serveHostEdit", "Address")
+        self.serve_host.setToolTip(
+            "127.0.0.1: this computer only. 0.0.0.0: every network it is on (needs a token)"
+        )
+        self.serve_port = named(QSpinBox(), "servePortSpin", "Port")
+        self.serve_port.setRange(1, 65535)
+        self.serve_port.setValue(settings.serve_port)
+        self.serve_token = named(QLineEdit(settings.serve_token), "serveTokenEdit", "Token")
+        self.serve_token.setEchoMode(QLineEdit.EchoMode.PasswordEchoOnEdit)
+        self.serve_token.setPlaceholderText("none on 127.0.0.1; made for you on other addresses")
+        grid = QFormLayout(box)
+        row = QHBoxLayout()
+        row.addWidget(self.serve_host, 1)
+        row.addWidget(label("&Port", self.serve_port))
+        row.addWidget(self.serve_port)
+        grid.addRow(label("&Address", self.serve_host), row)
+        grid.addRow(label("To&ken", self.serve_token), self.serve_token)
+        grid.addRow(
+            "",
+            wrapping_label(
+                "serveNote",
+                "Clients send the token as “Authorization: Bearer …” or as the password of HTTP "
+                "Basic (any user name); a browser asks for it.",
+            ),
+        )
+        return box
 
     @staticmethod
     def _combo(name: str, words: dict, current) -> QComboBox:
@@ -143,4 +182,8 @@ class SettingsDialog(QDialog):
                 self.model_dirs.item(i).text() for i in range(self.model_dirs.count())
             ),
             gpu_workers=self.workers.value(),
+            serve=self.serve.isChecked(),
+            serve_host=self.serve_host.text().strip() or "127.0.0.1",
+            serve_port=self.serve_port.value(),
+            serve_token=self.serve_token.text().strip(),
         )

@@ -385,6 +385,7 @@ def test_a_command_that_timed_out_is_withdrawn_not_run_later(qtbot, tmp_path, mo
 def test_jobs_another_process_adds_are_taken_within_a_second(qtbot, tmp_path):
     """`sd3desk queue add` and `queue pause` in a terminal while the window runs the queue."""
     runner = Runner(JobQueue(Store(tmp_path / "sd3desk.db")))
+    runner.attach_workers([])  # a running queue (no worker needed to see the change)
     mine = runner.enqueue(params(tmp_path))
     other = JobQueue(Store(tmp_path / "sd3desk.db"))  # another connection, as another process
     theirs = other.enqueue(params(tmp_path, prompt="from the terminal"))

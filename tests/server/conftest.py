@@ -1,0 +1,93 @@
+"""A real `sd3desk serve` (a subprocess on the tiny test model, CPU) for the server's tests, and
+helpers to drive it with real clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Served:
+    """A running `sd3desk serve`."""
+
+    url: str
+    port: int
+    data: Path
+    process: subprocess.Popen
+    stdout: list[str]
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120, **kwargs)
+
+
+def start_server(data: Path, *extra: str, port: int | None = None) -> Served:
+    """Start `sd3desk serve` on the test model and wait until it says where it serves."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "sd3desk", "--data-dir", str(data), "serve"]
+    command += ["--model", "test", "--device", "cpu", "--port", str(port), *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "QT_QPA_PLATFORM": "offscreen"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("sd3desk is serving at "):
+            url = line.split(" at ", 1)[1].strip()
+            return Served(url, port, data, process, lines)
+    process.kill()
+    raise RuntimeError("sd3desk serve did not start:\n" + "".join(lines))
+
+
+def stop_server(served: Served) -> int:
+    """Ctrl+C, as a user stops it; returns the exit code."""
+    if served.process.poll() is None:
+        served.process.send_signal(signal.SIGINT)
+        try:
+            served.process.wait(60)
+        except subprocess.TimeoutExpired:
+            served.process.kill()
+            served.process.wait(10)
+    return served.process.returncode
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """One server for the tests that share it (each uses prompts of its own)."""
+    server = start_server(tmp_path_factory.mktemp("served"))
+    yield server
+    stop_server(server)
+
+
+def wait_until(condition, timeout: float = 60.0, every: float = 0.05):
+    """Poll `condition` until it returns something true (for clients in other processes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("the condition never came true")

@@ -1,0 +1,93 @@
+"""The AUTOMATIC1111-compatible API, driven by webuiapi (the A1111 client on PyPI)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+
+import webuiapi
+from conftest import wait_until
+from PIL import Image
+
+from sd3desk.core.metadata import parse_a1111
+
+
+def api(served) -> webuiapi.WebUIApi:
+    return webuiapi.WebUIApi(host="127.0.0.1", port=served.port)
+
+
+def test_txt2img_batch_of_two_with_seeds_and_parameters(served):
+    client = api(served)
+    result = client.txt2img(
+        prompt="a cat on a fence", seed=41, steps=3, width=256, height=256, batch_size=2
+    )
+    assert len(result.images) == 2
+    assert result.info["all_seeds"] == [41, 42] and result.info["seed"] == 41
+    assert len(result.info["infotexts"]) == 2
+    for image, seed in zip(result.images, (41, 42), strict=True):
+        assert image.size == (256, 256)
+        parsed = parse_a1111(image.info["parameters"])  # the PNG's own chunk, intact
+        assert parsed.params.seed == seed and parsed.params.prompt == "a cat on a fence"
+    assert result.parameters["prompt"] == "a cat on a fence"
+
+
+def test_model_names_options_and_lists(served):
+    client = api(served)
+    names = client.util_get_model_names()
+    assert names == ["Test model (random weights: noise)"]
+    assert client.util_get_current_model() == names[0]
+    assert [s["name"] for s in client.get_samplers()] == ["Euler"]
+    assert client.get_sd_vae() == [] and client.get_scripts() == {"txt2img": [], "img2img": []}
+    client.set_options({"sd_model_checkpoint": names[0], "unknown_option": 3})
+    refused = client.session.post(
+        f"{client.baseurl}/options", json={"sd_model_checkpoint": "/etc/passwd"}
+    )
+    assert refused.status_code == 422 and "sd_model_checkpoint" in refused.text
+
+
+def test_other_samplers_run_euler_and_say_so(served):
+    result = api(served).txt2img(
+        prompt="a teapot", seed=3, steps=2, width=256, height=256, sampler_name="DPM++ 2M"
+    )
+    assert any("DPM++ 2M" in note for note in result.info["comments"])
+    assert "Sampler: Euler" in result.images[0].info["parameters"]
+
+
+def test_interrupt_stops_the_running_request(served):
+    client = api(served)
+    results = []
+    worker = threading.Thread(
+        target=lambda: results.append(
+            client.txt2img(prompt="a long one", seed=1, steps=150, width=512, height=512)
+        )
+    )
+    worker.start()
+    wait_until(lambda: client.get_progress()["state"]["sampling_step"] >= 1, timeout=120)
+    progress = client.get_progress()
+    assert progress["state"]["sampling_steps"] == 150 and 0 < progress["progress"] < 1
+    assert progress["current_image"]  # the live preview
+    Image.open(io.BytesIO(base64.b64decode(progress["current_image"])))
+    client.interrupt()
+    worker.join(120)
+    assert results and results[0].images == []
+    assert any("interrupted" in note for note in results[0].info["comments"])
+    wait_until(lambda: client.get_progress()["state"]["job_count"] == 0)
+
+
+def test_png_info_reads_our_files(served):
+    client = api(served)
+    made = client.txt2img(prompt="a lamp", seed=9, steps=2, width=256, height=256)
+    info = client.png_info(made.images[0])
+    assert "a lamp" in info.info and "Seed: 9" in info.info
+
+
+def test_missing_endpoints_answer_json_not_traces(served):
+    with served.client() as http:
+        missing = http.get("/sdapi/v1/loras-of-the-future")
+        assert missing.status_code == 404 and "does not offer" in missing.json()["detail"]
+        later = http.post("/sdapi/v1/img2img", json={"init_images": []})
+        assert later.status_code == 501 and "image-to-image" in later.json()["detail"]
+        bad = http.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 100000})
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["loc"] == ["body", "steps"]

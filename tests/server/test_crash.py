@@ -1,0 +1,64 @@
+"""Jobs from three clients survive `kill -9` of the server: after a restart every one of them
+finishes, once, and a client asking by job id gets its images."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import httpx
+from conftest import start_server, stop_server, wait_until
+
+from sd3desk.core.metadata import read_metadata
+
+
+def test_sigkill_mid_step_with_three_clients_loses_and_repeats_nothing(tmp_path):
+    data = tmp_path / "data"
+    server = start_server(data, "--no-web")
+    stepping = threading.Event()
+
+    def watch_steps() -> None:
+        with (
+            httpx.Client(timeout=120) as http,
+            http.stream("GET", f"{server.url}api/v1/events") as s,
+        ):
+            for line in s.iter_lines():
+                if line.startswith("event: step"):
+                    stepping.set()
+                    return
+
+    watcher = threading.Thread(target=watch_steps, daemon=True)
+    watcher.start()
+    ids: dict[int, int] = {}  # job id -> seed
+    for client in range(3):
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for k in range(2):
+                seed = 100 + 10 * client + k
+                body = {"prompt": f"client {client} job {k}", "seed": seed, "steps": 12}
+                body |= {"width": 256, "height": 256}
+                made = http.post("/api/v1/jobs", json=body)
+                assert made.status_code == 201
+                ids[made.json()["id"]] = seed
+    assert stepping.wait(120)  # the first job is denoising: now
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(30)
+
+    again = start_server(data, "--no-web", port=server.port)
+    try:
+        with again.client() as http:
+
+            def all_finished():
+                jobs = [http.get(f"/api/v1/jobs/{job_id}").json() for job_id in ids]
+                return jobs if all(j["state"] == "finished" for j in jobs) else None
+
+            jobs = wait_until(all_finished, timeout=300, every=0.5)
+            for job in jobs:
+                assert job["params"]["seed"] == ids[job["id"]] and len(job["images"]) == 1
+                assert http.get(job["images"][0]["url"]).status_code == 200
+            interrupted = [j for j in jobs if "interrupted" in j["note"]]
+            assert len(interrupted) <= 1  # the one that was denoising went first again
+    finally:
+        stop_server(again)
+    files = sorted(p for p in (data / "outputs").rglob("*") if p.is_file())
+    assert [p.suffix for p in files] == [".png"] * len(ids)  # no temp file, no extra image
+    assert sorted(read_metadata(p).params.seed for p in files) == sorted(ids.values())
