@@ -34,6 +34,15 @@ def single_file(size: str) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a server the benchmark starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def lighthouse_requests(model: str, count: int, steps: int) -> list[Any]:
     """`count` 256x256 requests for `model` with seeds 0..count-1 (the queue benchmarks' load)."""
     from sd3desk.core.params import GenerationParams

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 
-# Imported by optional code paths of the ML stack, never by sd3desk's.
+# Imported by optional code paths of the ML stack, never by sd3desk's (pandas is not here: the
+# web page's Gradio imports it).
 EXCLUDED_MODULES = [
     "tkinter",
     "matplotlib",
@@ -15,7 +16,6 @@ EXCLUDED_MODULES = [
     "notebook",
     "pytest",
     "_pytest",
-    "pandas",
     "scipy",
     "sklearn",
     "torch.utils.tensorboard",

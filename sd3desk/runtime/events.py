@@ -111,8 +111,12 @@ class QueueSnapshot:
             self.running + self.waiting, self.progress, self.live_rates, self.timings
         )
 
+    @functools.cached_property
+    def _by_id(self) -> dict[int, Job]:
+        return {job.id: job for job in self.jobs}
+
     def find(self, job_id: int) -> Job | None:
-        return next((job for job in self.jobs if job.id == job_id), None)
+        return self._by_id.get(job_id)
 
     @property
     def busy(self) -> bool:

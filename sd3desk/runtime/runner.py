@@ -131,12 +131,16 @@ class Runner(QObject):
 
     # ------------------------------------------------------------------ commands (any thread)
 
-    @command
     def job(self, job_id: int) -> Job | None:
-        """The job as it stands now, also one done long ago (None when there is no such job)."""
+        """The job as it stands now, also one done long ago (None when there is no such job).
+        Any thread: an active or recent job comes from the snapshot, without waiting."""
         found = self._snapshot.find(job_id)
         if found is not None or not 0 < job_id < 2**63:  # (SQLite's row ids)
             return found
+        return self._stored_job(job_id)
+
+    @command
+    def _stored_job(self, job_id: int) -> Job | None:
         try:
             return self._queue.get(job_id)
         except KeyError:

@@ -127,6 +127,12 @@ def build_page(door: Door) -> gr.Blocks:
         aspect.change(
             _aspect_size, inputs=aspect, outputs=[width, height], api_visibility="private"
         )
+        # the models the catalog knows now (it may have found more since the page was built)
+        page.load(
+            lambda: gr.update(choices=[e.label for e in door.models()]),
+            outputs=model,
+            api_visibility="private",
+        )
         # the SD3 Medium demo's API: (prompt, negative_prompt, seed, randomize_seed, width,
         # height, guidance_scale, num_inference_steps) -> (image, seed)
         api = gr.Button(visible=False)

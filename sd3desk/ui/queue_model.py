@@ -54,6 +54,7 @@ class QueueModel(QAbstractListModel):
     def __init__(self, snapshot: QueueSnapshot) -> None:
         super().__init__()
         self._jobs: list[Job] = []
+        self._shown: dict[int, str] = {}  # job id -> the text its row shows
         self._snapshot = QueueSnapshot()
         self._etas_at = 0.0
         self.show(snapshot)
@@ -87,8 +88,25 @@ class QueueModel(QAbstractListModel):
             self._reorder(wanted)
         else:
             self._jobs = wanted
-        if self._jobs:
-            self.dataChanged.emit(self.index(0), self.index(len(self._jobs) - 1))
+        self._shown = {job.id: text for job in wanted if (text := self._shown.get(job.id))}
+        self._redraw(range(len(self._jobs)))
+
+    def _redraw(self, rows: range) -> None:
+        """Redraw the rows whose text changed, and only those: a view lays out every row it
+        is told about, so telling it about all of them on every change cost ~1 ms per row."""
+        changed = []
+        for row in rows:
+            job = self._jobs[row]
+            text = self._text(job)
+            if self._shown.get(job.id) != text:
+                self._shown[job.id] = text
+                changed.append(row)
+        start = None
+        for k, row in enumerate(changed):  # contiguous runs, one signal each
+            start = row if start is None else start
+            if k + 1 == len(changed) or changed[k + 1] != row + 1:
+                self.dataChanged.emit(self.index(start), self.index(row))
+                start = None
 
     def _reorder(self, wanted: list[Job]) -> None:
         """A layout change that keeps persistent indexes (selection, current row) on their jobs."""
@@ -109,11 +127,11 @@ class QueueModel(QAbstractListModel):
         active = [row for row, job in enumerate(self._jobs) if job.state not in DONE]
         if (due or first_rate) and active:
             self._etas_at = time.monotonic()
-            self.dataChanged.emit(self.index(active[0]), self.index(active[-1]))
+            self._redraw(range(active[0], active[-1] + 1))
             return
         row = self.row_of(event.job_id)
         if row >= 0:
-            self.dataChanged.emit(self.index(row), self.index(row))
+            self._redraw(range(row, row + 1))
 
     def job_at(self, row: int) -> Job | None:
         return self._jobs[row] if 0 <= row < len(self._jobs) else None
@@ -131,7 +149,7 @@ class QueueModel(QAbstractListModel):
         if job is None:
             return None
         if role == Qt.ItemDataRole.DisplayRole:
-            return self._text(job)
+            return self._shown.get(job.id) or self._text(job)
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(job)
         if role == Qt.ItemDataRole.ForegroundRole:

@@ -40,7 +40,10 @@ class QueuePanel(QWidget):
         self.view.setDefaultDropAction(Qt.DropAction.MoveAction)
         self.view.setDropIndicatorShown(True)
         self.view.setAlternatingRowColors(True)
-        self.view.setWordWrap(True)
+        # every row is three lines: uniform sizes spare the view measuring each row on every
+        # change; a long line is elided (the tooltip has it all)
+        self.view.setUniformItemSizes(True)
+        self.view.setWordWrap(False)
         self.view.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._on_view_context_menu)
