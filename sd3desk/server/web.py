@@ -35,7 +35,8 @@ def build_page(door: Door) -> gr.Blocks:
     default = door.default_model
     family = defaults_for(default.family) if default else defaults_for_sd3()
     labels = [e.label for e in door.models()]
-    with gr.Blocks(title="sd3desk") as page:
+    # no telemetry and no version check (Gradio's defaults call api.gradio.app)
+    with gr.Blocks(title="sd3desk", analytics_enabled=False) as page:
         gr.Markdown(
             "# sd3desk\nStable Diffusion 3 on this computer, through its queue: requests wait "
             "their turn with the window's and every other client's, and nothing is lost."

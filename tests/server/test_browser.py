@@ -36,6 +36,11 @@ def test_the_page_shows_the_queue_place_then_the_image(served, tmp_path):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            elsewhere: list[str] = []  # the page works offline: fonts, scripts, all from here
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith(served.url) else elsewhere.append(r.url),
+            )
             page.goto(served.url)
             page.locator("#prompt textarea, #prompt input").first.fill("a lighthouse in fog")
             page.locator("button#generate").click()
@@ -48,6 +53,7 @@ def test_the_page_shows_the_queue_place_then_the_image(served, tmp_path):
             expect(image).to_have_attribute("src", re.compile(r".+\.png"), timeout=30_000)
             page.screenshot(path=str(tmp_path / "done.png"))
             browser.close()
+        assert not elsewhere, f"the page asked another host: {elsewhere}"
         jobs = http.get("/api/v1/jobs", params={"state": "done"}).json()
         mine = next(j for j in jobs if j["params"]["prompt"] == "a lighthouse in fog")
         assert mine["source"] == "web" and mine["state"] == "finished"

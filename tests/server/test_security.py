@@ -132,3 +132,21 @@ def test_limits_refuse_with_413_and_429_and_queue_nothing(make_client, qtbot):
     fourth = in_thread(qtbot, lambda: client.post("/api/v1/jobs", json={"prompt": "one more"}))
     assert fourth.status_code == 429 and "at most 3" in fourth.json()["detail"]
     assert len(client.get("/api/v1/queue").json()["waiting"]) == 3
+
+
+def test_the_web_page_sends_no_telemetry(tmp_path, monkeypatch):
+    """Gradio calls api.gradio.app (version check, analytics) unless told not to: the page must
+    not, since sd3desk works offline and tells no one what it runs."""
+    analytics = pytest.importorskip("gradio.analytics")
+    calls: list[str] = []
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+    monkeypatch.setattr(analytics, "version_check", lambda: calls.append("version check"))
+    monkeypatch.setattr(analytics, "_do_analytics_request", lambda **kw: calls.append(kw["topic"]))
+    runtime = build_runtime(AppPaths.default(tmp_path), Settings(), database=IN_MEMORY)
+    try:
+        door = Door(runtime, RuntimeBridge(runtime), ServeConfig(model="test"))
+        with TestClient(create_app(door, web=True), base_url=LOCAL) as client:
+            assert client.get("/").status_code == 200
+    finally:
+        runtime.stop()
+    assert calls == []
