@@ -36,6 +36,9 @@ def clients(url: str, count: int, requests: int, paused: bool) -> None:
 
     def client(index: int) -> None:
         with httpx.Client(base_url=url, timeout=600) as http:
+            # connected first, as real clients are (Open WebUI and webuiapi ask for the model
+            # list before they generate): the POSTs measure queueing, not TCP handshakes
+            http.get("/api/v1/models").raise_for_status()
             gate.wait()  # all at once
             mine = []
             for k in range(requests):
@@ -140,9 +143,8 @@ def main() -> None:
     def find_serving() -> None:  # the window's server object appears after the first frame
         from sd3desk.server.window import WindowServing
 
-        serving = window.findChild(WindowServing)
-        if serving is not None and not serving_started[0]:
-            serving_started[0] = True
+        if not serving_started[0] and (serving := window.findChild(WindowServing)) is not None:
+            serving_started[0] = True  # found: stop searching the window's children
             phase[0] = "server and engine starting"
             serving.status_changed.connect(on_status)
         begin_load()

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
+from fastapi.telemetry import TelemetryConfig
 
 from sd3desk import __version__
 from sd3desk.server import a1111, errors, native
@@ -16,6 +17,13 @@ from sd3desk.server.door import Door
 from sd3desk.server.security import Guard
 
 log = logging.getLogger(__name__)
+NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 NO_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>sd3desk</title></head>
 <body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
@@ -34,6 +42,10 @@ def create_app(door: Door, web: bool = True) -> Any:
         summary="Stable Diffusion 3 on this computer, through its persistent queue",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        # FastAPI's OpenTelemetry hooks would trace every request (prompts in the URLs of
+        # A1111 clients, clients' addresses) to any provider or OTEL_* exporter set up in the
+        # process or its environment: a local generator reports nothing anywhere
+        telemetry=NO_TELEMETRY,
     )
     api.state.door = door
     api.state.a1111_requests = a1111.Requests()

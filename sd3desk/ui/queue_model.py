@@ -55,6 +55,7 @@ class QueueModel(QAbstractListModel):
         super().__init__()
         self._jobs: list[Job] = []
         self._shown: dict[int, str] = {}  # job id -> the text its row shows
+        self._drawn: dict[int, tuple] = {}  # job id -> what that text was made from
         self._snapshot = QueueSnapshot()
         self._etas_at = 0.0
         self.show(snapshot)
@@ -89,6 +90,7 @@ class QueueModel(QAbstractListModel):
         else:
             self._jobs = wanted
         self._shown = {job.id: text for job in wanted if (text := self._shown.get(job.id))}
+        self._drawn = {job.id: looks for job in wanted if (looks := self._drawn.get(job.id))}
         self._redraw(range(len(self._jobs)))
 
     def _redraw(self, rows: range) -> None:
@@ -97,6 +99,10 @@ class QueueModel(QAbstractListModel):
         changed = []
         for row in rows:
             job = self._jobs[row]
+            looks = self._looks(job)
+            if self._drawn.get(job.id) == looks:
+                continue  # the same job object in the same place, step and ETA: same text
+            self._drawn[job.id] = looks
             text = self._text(job)
             if self._shown.get(job.id) != text:
                 self._shown[job.id] = text
@@ -209,6 +215,14 @@ class QueueModel(QAbstractListModel):
         return False  # the runner moves them; the view must not remove anything itself
 
     # ------------------------------------------------------------------ text
+
+    def _looks(self, job: Job) -> tuple:
+        """What a row's text is made of, cheap to compare: a burst of enqueues redraws only
+        the new rows instead of formatting every row's text again on each one."""
+        snapshot = self._snapshot
+        eta = snapshot.etas.get(job.id)
+        seconds = None if eta is None else (round(eta.seconds), eta.estimated)
+        return (job, snapshot.progress.get(job.id), snapshot.places.get(job.id), seconds)
 
     def _text(self, job: Job) -> str:
         p = job.params

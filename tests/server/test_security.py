@@ -150,3 +150,27 @@ def test_the_web_page_sends_no_telemetry(tmp_path, monkeypatch):
     finally:
         runtime.stop()
     assert calls == []
+
+
+def test_requests_are_traced_to_no_telemetry_provider(make_client, monkeypatch):
+    """FastAPI traces every request to whatever OpenTelemetry provider the process has (a
+    user's environment may set one up): sd3desk's server must hand none of them anything."""
+    otel_trace = pytest.importorskip("opentelemetry.trace")
+    otel_metrics = pytest.importorskip("opentelemetry.metrics")
+    asked: list[str] = []
+
+    class Recording:  # a configured provider, as an SDK or a vendor's agent installs
+        def get_tracer(self, *args, **kwargs):
+            asked.append("tracer")
+            return otel_trace.NoOpTracer()
+
+        def get_meter(self, *args, **kwargs):
+            asked.append("meter")
+            return otel_metrics.NoOpMeter("test")
+
+    monkeypatch.setattr(otel_trace, "get_tracer_provider", Recording)
+    monkeypatch.setattr(otel_metrics, "get_meter_provider", Recording)
+    client = make_client()
+    assert client.get("/api/v1/queue").is_success
+    assert client.post("/api/v1/jobs", json={"steps": 0}).status_code == 422
+    assert asked == []
