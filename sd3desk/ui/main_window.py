@@ -345,7 +345,10 @@ class MainWindow(QMainWindow):
             address = f"{url}?token={token}" if token else url
             self.server_label.setText(f'<a href="{address}">{escape(text)}</a>')
             tip = "Open the web page"
-            tip += "; clients need the token (Settings → Serve)" if token else ""
+            if token:  # made for the user when none was typed: this is where they find it
+                tip += (
+                    f"\nApps need the token: {token}\n(Authorization: Bearer, or as the password)"
+                )
         else:
             self.server_label.setText(escape(text))
             tip = "File → Settings → Serve on this computer"

@@ -147,7 +147,8 @@ class SettingsDialog(QDialog):
             wrapping_label(
                 "serveNote",
                 "Clients send the token as “Authorization: Bearer …” or as the password of HTTP "
-                "Basic (any user name); a browser asks for it.",
+                "Basic (any user name); a browser asks for it. A token made for you shows "
+                "when you point at “Serving at …” in the status bar.",
             ),
         )
         return box

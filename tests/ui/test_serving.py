@@ -77,3 +77,20 @@ def test_the_settings_dialog_offers_serving(qtbot, tmp_path):
     chosen = dialog.result_settings()
     assert (chosen.serve, chosen.serve_host, chosen.serve_port) == (True, "0.0.0.0", 8123)
     window.session.shutdown()
+
+
+def test_the_serving_link_carries_the_token_and_its_tooltip_names_it(qtbot, tmp_path):
+    window = create_window(["--data-dir", str(tmp_path), "--model", "test"])
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        url, token = "http://127.0.0.1:7860/", "s3cret-token-made-for-you"
+        window.set_server_status(f"Serving at {url}", url, token)
+        label = window.server_label
+        assert f'href="{url}?token={token}"' in label.text() and label.isVisible()
+        assert token in label.toolTip()  # where a user finds a token sd3desk made
+        window.set_server_status("Not serving: port 7860 is in use", "", "")
+        assert "token" not in label.text() and "Settings" in label.toolTip()
+    finally:
+        window.session.shutdown()
+        window.close()
