@@ -4,7 +4,9 @@ finishes, once, and a client asking by job id gets its images."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import threading
+from contextlib import closing
 
 import httpx
 from conftest import start_server, stop_server, wait_until
@@ -62,3 +64,35 @@ def test_sigkill_mid_step_with_three_clients_loses_and_repeats_nothing(tmp_path)
     files = sorted(p for p in (data / "outputs").rglob("*") if p.is_file())
     assert [p.suffix for p in files] == [".png"] * len(ids)  # no temp file, no extra image
     assert sorted(read_metadata(p).params.seed for p in files) == sorted(ids.values())
+
+
+def test_ctrl_c_stops_within_a_step_and_puts_the_running_job_back_at_the_front(tmp_path):
+    data = tmp_path / "data"
+    server = start_server(data, "--no-web")
+    stepping = threading.Event()
+
+    def watch_steps() -> None:
+        with (
+            httpx.Client(timeout=120) as http,
+            http.stream("GET", f"{server.url}api/v1/events") as s,
+        ):
+            for line in s.iter_lines():
+                if line.startswith("event: step"):
+                    stepping.set()
+                    return
+
+    threading.Thread(target=watch_steps, daemon=True).start()
+    with server.client() as http:
+        body = {"steps": 150, "width": 1024, "height": 1024}  # a while on the CPU
+        first = http.post("/api/v1/jobs", json={"prompt": "long one", **body}).json()["id"]
+        second = http.post("/api/v1/jobs", json={"prompt": "next one", **body}).json()["id"]
+    assert stepping.wait(120)  # the first job is denoising: now
+    assert stop_server(server) == 130  # Ctrl+C, as a user stops it
+    # the stored queue as the next start finds it, read before any crash recovery could run
+    with closing(sqlite3.connect(data / "sd3desk.db")) as db:
+        rows = db.execute(
+            "SELECT id, state FROM jobs WHERE state IN ('queued', 'running') ORDER BY sort_key"
+        ).fetchall()
+    assert rows == [(first, "queued"), (second, "queued")]
+    outputs = data / "outputs"
+    assert not outputs.exists() or not [p for p in outputs.rglob("*") if p.is_file()]
