@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from sd3desk import __version__
@@ -23,6 +24,7 @@ from sd3desk.core.errors import FieldError, InvalidParamsError, SD3DeskError
 from sd3desk.core.jobs import Job, JobState
 from sd3desk.core.params import SEED_MAX, GenerationParams, defaults_for
 from sd3desk.runtime.catalog import ModelEntry
+from sd3desk.server.door import Door
 from sd3desk.server.errors import ApiError, client_address, door_of
 
 SOURCE = "a1111"
@@ -126,23 +128,39 @@ class Requests:
 
 
 @router.post("/txt2img", response_model=ImagesResponse, summary="Text to image (waits for it)")
-def txt2img(body: Txt2ImgRequest, request: Request) -> ImagesResponse:
+async def txt2img(body: Txt2ImgRequest, request: Request) -> ImagesResponse:
+    # a coroutine, so that a call waiting for its images holds no thread: the threads are
+    # for the short work before and after (the runner's commands, reading the PNGs)
     door = door_of(request)
     checkpoint = (body.override_settings or {}).get("sd_model_checkpoint")
     entry = door.model_for(str(checkpoint or ""), "override_settings.sd_model_checkpoint")
     notes = _notes(body)
     requests = _requests(body, entry)
-    jobs = door.submit(requests, entry, SOURCE, client_address(request))
+    client = client_address(request)
+    jobs = await run_in_threadpool(door.submit, requests, entry, SOURCE, client)
     groups = _groups(request)
     groups.add(jobs)
     try:
         # the queue owns the work: a client that goes away leaves its jobs running
-        done = door.bridge.wait_for([j.id for j in jobs])
+        done = await door.bridge.wait_async([j.id for j in jobs])
     finally:
         groups.remove(jobs)
     failed = [j for j in done if j.state is JobState.failed]
     if failed and not any(j.outputs for j in done):
         raise ApiError(500, f"{failed[0].error_message} — {failed[0].error_advice}")
+    if any(j.state is JobState.cancelled for j in done):
+        notes.append("interrupted: some images were not made")
+    return await run_in_threadpool(_images_response, door, body, requests, entry, done, notes)
+
+
+def _images_response(
+    door: Door,
+    body: Txt2ImgRequest,
+    requests: list[GenerationParams],
+    entry: ModelEntry,
+    done: list[Job],
+    notes: list[str],
+) -> ImagesResponse:
     images, texts = [], []
     for job in done:
         for path in job.outputs:
@@ -152,8 +170,6 @@ def txt2img(body: Txt2ImgRequest, request: Request) -> ImagesResponse:
             data = found.read_bytes()
             images.append(base64.b64encode(data).decode("ascii"))
             texts.append(_infotext(found))
-    if any(j.state is JobState.cancelled for j in done):
-        notes.append("interrupted: some images were not made")
     info = _info(body, requests, entry, texts, notes)
     return ImagesResponse(
         images=images if body.send_images else None,

@@ -54,6 +54,24 @@ class RuntimeBridge(QObject):
     def wait_for(self, job_ids: Sequence[int], timeout: float | None = None) -> list[Job]:
         """Block until every job is finished, failed or cancelled; returns them in order.
         Raises TimeoutError. (Not on the runtime's thread: its events would never arrive.)"""
+        futures = self._watch(job_ids)
+        try:
+            return [future.result(timeout=timeout) for _, future in futures]
+        except FutureTimeout:
+            raise TimeoutError("the jobs did not finish in time") from None
+        finally:
+            self._unwatch(futures)
+
+    async def wait_async(self, job_ids: Sequence[int]) -> list[Job]:
+        """`wait_for` for a coroutine: the wait holds no thread, so any number of requests can
+        wait for their jobs while the server's threads answer everything else."""
+        futures = self._watch(job_ids)
+        try:
+            return [await asyncio.wrap_future(future) for _, future in futures]
+        finally:
+            self._unwatch(futures)
+
+    def _watch(self, job_ids: Sequence[int]) -> list[tuple[int, Future]]:
         futures = []
         with self._lock:
             for job_id in job_ids:
@@ -65,18 +83,16 @@ class RuntimeBridge(QObject):
             job = self.runtime.runner.job(job_id)
             if job is None or job.state in DONE:
                 self._resolve(job_id, job)
-        try:
-            return [future.result(timeout=timeout) for _, future in futures]
-        except FutureTimeout:
-            raise TimeoutError("the jobs did not finish in time") from None
-        finally:
-            with self._lock:
-                for job_id, future in futures:
-                    waiting = self._waiters.get(job_id, [])
-                    if future in waiting:
-                        waiting.remove(future)
-                    if not waiting:
-                        self._waiters.pop(job_id, None)
+        return futures
+
+    def _unwatch(self, futures: list[tuple[int, Future]]) -> None:
+        with self._lock:
+            for job_id, future in futures:
+                waiting = self._waiters.get(job_id, [])
+                if future in waiting:
+                    waiting.remove(future)
+                if not waiting:
+                    self._waiters.pop(job_id, None)
 
     def latest_step(self, job_id: int) -> StepProgress | None:
         return self._steps.get(job_id)

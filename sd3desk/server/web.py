@@ -4,12 +4,13 @@ and its ETA, step progress with previews, and the PNG with its metadata intact. 
 takes and returns what the demo's does, so `gradio_client` scripts written for it work here.
 
 Gradio's own queue neither serialises nor drops anything here (no concurrency limit): sd3desk's
-persistent queue does the waiting, and a browser that goes away leaves its job in it."""
+persistent queue does the waiting, and a browser that goes away leaves its job in it. The events
+are coroutines, so a request waiting its turn holds no thread (Gradio and the APIs share 40)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
@@ -22,6 +23,9 @@ from sd3desk.server.door import Door, LimitExceeded
 
 SOURCE = "web"
 POLL_S = 0.2
+# requests Gradio's queue processes at once (its default, 40, would hold the 41st browser in a
+# queue of its own, without sd3desk's place and ETA): waiting holds no thread, so many can
+AT_ONCE = 1000
 EXAMPLES = [
     "A lighthouse on a rocky coast at dusk, warm light in the windows, long exposure",
     "A red fox asleep in fresh snow, soft morning light, shallow depth of field",
@@ -82,7 +86,7 @@ def build_page(door: Door) -> gr.Blocks:
         settings = [prompt, negative, seed, randomize, width, height, guidance, steps]
 
         # (gr.Progress() as a default is how Gradio hands a progress tracker to an event)
-        def generate(
+        async def generate(
             prompt: str,
             negative_prompt: str,
             seed: float,
@@ -94,13 +98,14 @@ def build_page(door: Door) -> gr.Blocks:
             model: str,
             request: gr.Request,
             progress: gr.Progress = gr.Progress(),  # noqa: B008
-        ) -> Iterator:
+        ) -> AsyncIterator:
             fields = [prompt, negative_prompt, seed, randomize_seed, width, height]
             fields += [guidance_scale, num_inference_steps]
-            yield from _page_run(door, fields, model, _client(request), progress)
+            async for update in _page_run(door, fields, model, _client(request), progress):
+                yield update
 
         # the parameter names are the SD3 Medium demo's: gradio_client calls name them
-        def infer(
+        async def infer(
             prompt: str,
             negative_prompt: str,
             seed: float,
@@ -114,7 +119,8 @@ def build_page(door: Door) -> gr.Blocks:
         ) -> tuple[str, int]:
             fields = [prompt, negative_prompt, seed, randomize_seed, width, height]
             fields += [guidance_scale, num_inference_steps]
-            job = _wait(door, _submit(door, fields, "", _client(request)), progress)
+            job = await asyncio.to_thread(_submit, door, fields, "", _client(request))
+            job = await _wait(door, job, progress)
             return _image(job), int(job.params.seed or 0)
 
         for trigger in (run.click, prompt.submit):
@@ -144,6 +150,7 @@ def build_page(door: Door) -> gr.Blocks:
             api_name="infer",
             concurrency_limit=None,
         )
+    page.max_threads = AT_ONCE  # (read by queue())
     page.queue(default_concurrency_limit=None)
     return page
 
@@ -202,20 +209,20 @@ def _where(door: Door, job: Job) -> tuple[Job, str, tuple[int, int] | None]:
     return current, f"Job #{job.id} {current.state.value}", None
 
 
-def _wait(door: Door, job: Job, progress: gr.Progress) -> Job:
+async def _wait(door: Door, job: Job, progress: gr.Progress) -> Job:
     while True:
         job, text, steps = _where(door, job)
         if job.state in DONE:
             break
         progress(steps if steps else None, desc=text)
-        time.sleep(POLL_S)
+        await asyncio.sleep(POLL_S)
     return _finished(job)
 
 
-def _page_run(
+async def _page_run(
     door: Door, fields: list[Any], model_label: str, client: str, progress: gr.Progress
-) -> Iterator[tuple[Any, Any, str]]:
-    job = _submit(door, fields, model_label, client)
+) -> AsyncIterator[tuple[Any, Any, str]]:
+    job = await asyncio.to_thread(_submit, door, fields, model_label, client)
     shown_step = -1
     while True:
         job, text, steps = _where(door, job)
@@ -228,7 +235,7 @@ def _page_run(
             yield latest.preview, job.params.seed, text
         elif shown_step < 0:
             yield gr.update(), job.params.seed, text
-        time.sleep(POLL_S)
+        await asyncio.sleep(POLL_S)
     job = _finished(job)
     yield _image(job), job.params.seed, f"Job #{job.id} done · seed {job.params.seed}"
 

@@ -35,7 +35,7 @@ class Served:
     stdout: list[str]
 
     def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120, **kwargs)
+        return httpx.Client(base_url=self.url, **({"timeout": 120} | kwargs))
 
 
 def start_server(data: Path, *extra: str, port: int | None = None) -> Served:
