@@ -18,6 +18,7 @@ from sd3desk.server.door import Door
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0  # importing Gradio takes seconds on a slow disk
+STOP_GRACE_S = 0.5  # what requests in flight get to finish when the server stops
 
 
 class ServeError(SD3DeskError):
@@ -81,7 +82,7 @@ class ServerHost:
         return self.url
 
     def stop(self) -> None:
-        """Stop answering; requests in flight get a few seconds to finish."""
+        """Stop answering; requests in flight get STOP_GRACE_S to finish, then are cut off."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -96,7 +97,16 @@ class ServerHost:
 
         try:
             app = create_app(self.door, web=self.web)
-            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+            config = uvicorn.Config(
+                app,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+                # event streams, open pages and calls waiting for a job never end by themselves:
+                # cut them off (their jobs stay queued) instead of making Ctrl+C or the
+                # window's settings wait
+                timeout_graceful_shutdown=STOP_GRACE_S,
+            )
             self._server = server = uvicorn.Server(config)
             watcher = threading.Thread(target=_tell_when_started, args=(server, ready), daemon=True)
             watcher.start()

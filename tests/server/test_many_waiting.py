@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 
-import httpx
 import webuiapi
 from conftest import start_server, stop_server, wait_until
 from gradio_client import Client
