@@ -4,6 +4,7 @@ of each running job (with its preview), and the event streams of connected clien
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -108,6 +109,14 @@ class RuntimeBridge(QObject):
         with self._lock:
             self._streams = [(loop, q) for loop, q in self._streams if q is not queue]
 
+    def close(self) -> None:
+        """End every event stream: the server is stopping."""
+        with self._lock:
+            streams, self._streams = self._streams, []
+        for loop, queue in streams:
+            with contextlib.suppress(RuntimeError):  # (that client's loop has closed)
+                loop.call_soon_threadsafe(_end, queue)
+
     # ------------------------------------------------------------------ runtime thread
 
     def _resolve(self, job_id: int, job: Job | None) -> None:
@@ -164,3 +173,10 @@ def _offer(queue: asyncio.Queue, event: StreamEvent) -> None:
     """On the client's loop: a client too slow to read misses events rather than stall all."""
     if not queue.full():
         queue.put_nowait(event)
+
+
+def _end(queue: asyncio.Queue) -> None:
+    """On the client's loop: None tells its stream to end (room is made for it)."""
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(None)

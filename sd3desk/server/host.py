@@ -18,7 +18,7 @@ from sd3desk.server.door import Door
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0  # importing Gradio takes seconds on a slow disk
-STOP_GRACE_S = 0.5  # what requests in flight get to finish when the server stops
+STOP_GRACE_S = 1  # seconds requests in flight get to finish when the server stops
 
 
 class ServeError(SD3DeskError):
@@ -83,6 +83,7 @@ class ServerHost:
 
     def stop(self) -> None:
         """Stop answering; requests in flight get STOP_GRACE_S to finish, then are cut off."""
+        self.bridge.close()  # event streams end cleanly, within the grace period
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

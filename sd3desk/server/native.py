@@ -313,6 +313,8 @@ async def events(request: Request) -> StreamingResponse:
                 except asyncio.TimeoutError:  # (not the builtin one before Python 3.11)
                     yield ": ping\n\n"
                     continue
+                if event is None:  # the server is stopping
+                    return
                 yield f"event: {event.name}\ndata: {json.dumps(event.data)}\n\n"
         finally:
             door.bridge.unsubscribe(queue)

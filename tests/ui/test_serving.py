@@ -52,10 +52,25 @@ def test_a_job_posted_over_http_runs_in_the_window_and_lands_in_its_gallery(qtbo
         gallery = window.gallery_panel
         qtbot.waitUntil(lambda: gallery is not None and gallery.model.rowCount() == 1)
         assert gallery.model.row_at(0).prompt == "from the phone"
-        # serving off again: the port is free at once
+        # serving off again, with a client's event stream open: the port is free at once
+        opened = threading.Event()
+
+        def listen() -> None:
+            try:
+                with httpx.stream("GET", f"http://127.0.0.1:{port}/api/v1/events") as stream:
+                    opened.set()
+                    for _line in stream.iter_lines():
+                        pass
+            except httpx.HTTPError:
+                pass  # cut off as the server stops
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        assert opened.wait(30)
         window.session.apply_settings(dataclasses.replace(window.session.settings, serve=False))
         assert not label.isVisible()
-        with socket.socket() as sock:
+        with socket.socket() as sock:  # (closed connections may linger in TIME_WAIT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
     finally:
         window.session.shutdown()
