@@ -187,9 +187,9 @@ def _submit(door: Door, fields: list[Any], model_label: str, client: str) -> Job
         )
         return door.submit([params], entry, SOURCE, client)[0]
     except InvalidParamsError as exc:
-        raise gr.Error("; ".join(f"{e.field} {e.message}" for e in exc.errors)) from None
+        raise _said("; ".join(f"{e.field} {e.message}" for e in exc.errors)) from None
     except LimitExceeded as exc:
-        raise gr.Error(exc.reason) from None
+        raise _said(exc.reason) from None
 
 
 def _where(door: Door, job: Job) -> tuple[Job, str, tuple[int, int] | None]:
@@ -240,15 +240,21 @@ async def _page_run(
     yield _image(job), job.params.seed, f"Job #{job.id} done · seed {job.params.seed}"
 
 
+def _said(message: str) -> gr.Error:
+    """An answer for the page or the client, not a fault: Gradio prints no traceback for it
+    (the terminal of `sd3desk serve` would get one per cancelled or refused request)."""
+    return gr.Error(message, print_exception=False)
+
+
 def _finished(job: Job) -> Job:
     if job.state is JobState.failed:
-        raise gr.Error(f"{job.error_message} — {job.error_advice}")
+        raise _said(f"{job.error_message} — {job.error_advice}")
     if job.state is JobState.cancelled:
-        raise gr.Error(f"job #{job.id} was cancelled")
+        raise _said(f"job #{job.id} was cancelled")
     return job
 
 
 def _image(job: Job) -> str:
     if not job.outputs:
-        raise gr.Error(f"job #{job.id} made no image")
+        raise _said(f"job #{job.id} made no image")
     return job.outputs[0]

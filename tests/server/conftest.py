@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,17 @@ def start_server(data: Path, *extra: str, port: int | None = None) -> Served:
         lines.append(line)
         if line.startswith("sd3desk is serving at "):
             url = line.split(" at ", 1)[1].strip()
+            # keep reading: a server whose output pipe fills up blocks on its next write
+            threading.Thread(target=_drain, args=(process, lines), daemon=True).start()
             return Served(url, port, data, process, lines)
     process.kill()
     raise RuntimeError("sd3desk serve did not start:\n" + "".join(lines))
+
+
+def _drain(process: subprocess.Popen, lines: list[str]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
 
 
 def stop_server(served: Served) -> int:

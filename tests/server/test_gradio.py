@@ -39,7 +39,7 @@ def test_a_request_behind_another_says_it_waits_in_sd3desks_queue(served):
     with served.client() as http:  # the first runs before the second is sent
         wait_until(lambda: http.get("/api/v1/queue").json()["running"], timeout=120)
     second = client.submit(
-        prompt="second", seed=0, width=256, height=256, num_inference_steps=2, **args,
+        prompt="second", seed=0, width=512, height=512, num_inference_steps=30, **args,
         api_name="/infer",
     )  # fmt: skip
     said: set[str] = set()
