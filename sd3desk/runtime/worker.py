@@ -91,7 +91,9 @@ def default_engine_factory(config: WorkerConfig) -> Engine:
         model_dirs=config.model_dirs,
         device_index=config.device_index,
     )
-    engine.device()  # imports torch now, while the status says "Starting the engine"
+    # imports torch now, while the status says "Starting the engine"
+    if engine.device().kind == "cpu":
+        _yield_cpu_to_the_gui()  # before the first parallel region starts torch's threads
     return engine
 
 
@@ -290,6 +292,32 @@ class Worker(QObject):
         self._ready()
         per_step = result.timings.get("denoise_s", 0.0) / max(job.params.steps, 1)
         return JobFinished(job.id, outputs, per_step, dict(result.timings))
+
+
+WORKER_NICENESS = (
+    10  # under contention ~1/10 of the CPU a nice-0 thread gets (Linux weights 110:1024)
+)
+_yielded: set[int] = set()
+
+
+def _yield_cpu_to_the_gui() -> None:
+    """Linux, generating on the CPU: lower this thread's priority before torch makes its
+    compute threads here (they inherit it). The denoiser takes every core; at a lower priority
+    the GUI thread and the server's thread still get the CPU the moment they need it, and
+    generation loses nothing while nothing else wants the cores. (A GPU worker keeps its
+    priority: it must feed the GPU. Elsewhere setpriority is per process, not per thread.)"""
+    import os
+    import sys
+
+    thread = threading.get_native_id()
+    if not sys.platform.startswith("linux") or thread in _yielded:
+        return
+    _yielded.add(thread)
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + WORKER_NICENESS))
+    except OSError:
+        log.debug("could not lower the worker's priority", exc_info=True)
 
 
 def _failure(job_id: int, exc: Exception) -> JobFailed:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +17,12 @@ from sd3desk.core.settings import Device
 from sd3desk.core.store import Store
 from sd3desk.runtime.events import EngineStatus
 from sd3desk.runtime.runner import Runner
-from sd3desk.runtime.worker import Worker, WorkerConfig, default_engine_factory
+from sd3desk.runtime.worker import (
+    WORKER_NICENESS,
+    Worker,
+    WorkerConfig,
+    default_engine_factory,
+)
 
 TIMEOUT = 60_000
 
@@ -396,3 +403,35 @@ def test_jobs_another_process_adds_are_taken_within_a_second(qtbot, tmp_path):
     other.set_paused(True)
     qtbot.waitUntil(lambda: runner.snapshot().paused, timeout=5_000)
     assert len(changed) == 2  # one announcement per outside change, none in between
+
+
+def _nice_of(thread_id: str) -> int:
+    """A thread's nice value from /proc (field 19 of its stat line)."""
+    stat = Path(f"/proc/self/task/{thread_id}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
+def test_the_worker_and_its_compute_threads_yield_the_cpu_to_the_gui(
+    qtbot, make_runner, tiny_model_dir
+):
+    gui = os.getpriority(os.PRIO_PROCESS, 0)  # (0: the calling thread, on Linux)
+    seen = {}
+
+    def factory(config):
+        engine = default_engine_factory(config)  # (a CPU engine: the one that yields)
+        seen["worker"] = os.getpriority(os.PRIO_PROCESS, 0)  # on the worker's thread
+        return engine
+
+    runner = make_runner(factory=factory)
+    runner.start()
+    job = runner.enqueue(params(tiny_model_dir, width=512, height=512))
+    wait_done(qtbot, runner, job.id)
+    assert runner.get(job.id).state is JobState.finished
+    assert seen["worker"] == min(19, gui + WORKER_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == gui  # the GUI thread keeps its own
+    import torch
+
+    # torch's compute threads, started from the worker's thread, run at its priority too
+    niced = [t for t in os.listdir("/proc/self/task") if _nice_of(t) == seen["worker"]]
+    assert len(niced) >= (2 if torch.get_num_threads() > 1 else 1)
