@@ -44,6 +44,9 @@ _DROP = [
     r"^PySide6/(Qt/)?(qml|translations)/",  # Qt Quick and Qt's own translations: unused
     r"^PySide6/(Qt/)?lib/libQt6(Quick|Qml|WebEngine|Pdf|Designer|3D|Multimedia)",
     r"^PySide6/(Qt/)?plugins/(qmltooling|multimedia|sceneparsers|renderers|geometryloaders)/",
+    # ffmpeg compiled to WebAssembly (32 MB), which Gradio's frontend loads to trim audio and
+    # video: the page has neither (proved with the frozen page in Chromium, bench/README.md)
+    r"^gradio/templates/frontend/static/ffmpeg/",
 ]
 _DROP_RE = re.compile("|".join(_DROP))
 
