@@ -294,10 +294,8 @@ class Worker(QObject):
         return JobFinished(job.id, outputs, per_step, dict(result.timings))
 
 
-WORKER_NICENESS = (
-    10  # under contention ~1/10 of the CPU a nice-0 thread gets (Linux weights 110:1024)
-)
-_yielded: set[int] = set()
+# under contention a nice-10 thread gets ~1/10 of what a nice-0 one does (weights 110:1024)
+WORKER_NICENESS = 10
 
 
 def _yield_cpu_to_the_gui() -> None:
@@ -309,13 +307,15 @@ def _yield_cpu_to_the_gui() -> None:
     import os
     import sys
 
-    thread = threading.get_native_id()
-    if not sys.platform.startswith("linux") or thread in _yielded:
+    if not sys.platform.startswith("linux"):
         return
-    _yielded.add(thread)
+    thread = threading.get_native_id()
     try:
-        current = os.getpriority(os.PRIO_PROCESS, thread)
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + WORKER_NICENESS))
+        # relative to the main thread's (the process was maybe started with `nice`), and
+        # idempotent: a second engine on this thread changes nothing
+        wanted = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + WORKER_NICENESS)
+        if os.getpriority(os.PRIO_PROCESS, thread) < wanted:
+            os.setpriority(os.PRIO_PROCESS, thread, wanted)
     except OSError:
         log.debug("could not lower the worker's priority", exc_info=True)
 

@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from PySide6.QtCore import QObject, Slot
 
 from sd3desk.core.jobs import DONE, Job
@@ -43,6 +44,7 @@ class RuntimeBridge(QObject):
         self._waiters: dict[int, list[Future]] = {}
         self._steps: dict[int, StepProgress] = {}
         self._streams: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+        self._closed = False
         self.engine: EngineState | None = None
         runner = runtime.runner
         runner.job_changed.connect(self._on_runner_job_changed)
@@ -57,6 +59,7 @@ class RuntimeBridge(QObject):
         Raises TimeoutError. (Not on the runtime's thread: its events would never arrive.)"""
         futures = self._watch(job_ids)
         try:
+            self._check(futures)
             return [future.result(timeout=timeout) for _, future in futures]
         except FutureTimeout:
             raise TimeoutError("the jobs did not finish in time") from None
@@ -68,6 +71,7 @@ class RuntimeBridge(QObject):
         wait for their jobs while the server's threads answer everything else."""
         futures = self._watch(job_ids)
         try:
+            await run_in_threadpool(self._check, futures)  # (it may ask the runtime's thread)
             return [await asyncio.wrap_future(future) for _, future in futures]
         finally:
             self._unwatch(futures)
@@ -79,12 +83,14 @@ class RuntimeBridge(QObject):
                 future: Future = Future()
                 self._waiters.setdefault(job_id, []).append(future)
                 futures.append((job_id, future))
-        # a job may have ended before the waiter was in place: ask the runner once
+        return futures
+
+    def _check(self, futures: list[tuple[int, Future]]) -> None:
+        """A job may have ended before its waiter was in place: ask the runner once."""
         for job_id, _future in futures:
             job = self.runtime.runner.job(job_id)
             if job is None or job.state in DONE:
                 self._resolve(job_id, job)
-        return futures
 
     def _unwatch(self, futures: list[tuple[int, Future]]) -> None:
         with self._lock:
@@ -102,7 +108,10 @@ class RuntimeBridge(QObject):
         """An event queue for the calling asyncio loop (an event-stream client)."""
         queue: asyncio.Queue = asyncio.Queue(STREAM_BACKLOG)
         with self._lock:
-            self._streams.append((asyncio.get_running_loop(), queue))
+            if self._closed:
+                queue.put_nowait(None)  # the server is stopping: the stream ends at once
+            else:
+                self._streams.append((asyncio.get_running_loop(), queue))
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue) -> None:
@@ -112,6 +121,7 @@ class RuntimeBridge(QObject):
     def close(self) -> None:
         """End every event stream: the server is stopping."""
         with self._lock:
+            self._closed = True
             streams, self._streams = self._streams, []
         for loop, queue in streams:
             with contextlib.suppress(RuntimeError):  # (that client's loop has closed)
@@ -123,7 +133,8 @@ class RuntimeBridge(QObject):
         with self._lock:
             futures = self._waiters.pop(job_id, [])
         for future in futures:
-            if not future.done():
+            # (a waiter cancelled meanwhile on the server's loop: nothing to tell it)
+            with contextlib.suppress(InvalidStateError):
                 if job is None:
                     future.set_exception(KeyError(f"no job {job_id}"))
                 else:

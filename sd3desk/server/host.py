@@ -83,9 +83,9 @@ class ServerHost:
 
     def stop(self) -> None:
         """Stop answering; requests in flight get STOP_GRACE_S to finish, then are cut off."""
-        self.bridge.close()  # event streams end cleanly, within the grace period
         if self._server is not None:
             self._server.should_exit = True
+        self.bridge.close()  # event streams end cleanly, within the grace period
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
+from fastapi.concurrency import run_in_threadpool
 
 from sd3desk.core.errors import InvalidParamsError
 from sd3desk.core.jobs import DONE, Job, JobState
@@ -119,7 +120,7 @@ def build_page(door: Door) -> gr.Blocks:
         ) -> tuple[str, int]:
             fields = [prompt, negative_prompt, seed, randomize_seed, width, height]
             fields += [guidance_scale, num_inference_steps]
-            job = await asyncio.to_thread(_submit, door, fields, "", _client(request))
+            job = await run_in_threadpool(_submit, door, fields, "", _client(request))
             job = await _wait(door, job, progress)
             return _image(job), int(job.params.seed or 0)
 
@@ -192,10 +193,14 @@ def _submit(door: Door, fields: list[Any], model_label: str, client: str) -> Job
         raise _said(exc.reason) from None
 
 
-def _where(door: Door, job: Job) -> tuple[Job, str, tuple[int, int] | None]:
+async def _where(door: Door, job: Job) -> tuple[Job, str, tuple[int, int] | None]:
     """The job now, a line saying where it is, and its steps done (when running)."""
     snapshot = door.runner.snapshot()
-    current = snapshot.find(job.id) or door.runner.job(job.id) or job
+    current = snapshot.find(job.id)
+    if current is None:  # gone from the snapshot: the runner looks it up (off this loop)
+        current = await run_in_threadpool(door.runner.job, job.id)
+    if current is None:
+        raise _said(f"job #{job.id} is no longer in the queue (cleared)")
     eta = snapshot.etas.get(job.id)
     about = f" · about {duration(eta.seconds)}" if eta else ""
     if current.state is JobState.queued:
@@ -211,7 +216,7 @@ def _where(door: Door, job: Job) -> tuple[Job, str, tuple[int, int] | None]:
 
 async def _wait(door: Door, job: Job, progress: gr.Progress) -> Job:
     while True:
-        job, text, steps = _where(door, job)
+        job, text, steps = await _where(door, job)
         if job.state in DONE:
             break
         progress(steps if steps else None, desc=text)
@@ -222,10 +227,10 @@ async def _wait(door: Door, job: Job, progress: gr.Progress) -> Job:
 async def _page_run(
     door: Door, fields: list[Any], model_label: str, client: str, progress: gr.Progress
 ) -> AsyncIterator[tuple[Any, Any, str]]:
-    job = await asyncio.to_thread(_submit, door, fields, model_label, client)
+    job = await run_in_threadpool(_submit, door, fields, model_label, client)
     shown_step = -1
     while True:
-        job, text, steps = _where(door, job)
+        job, text, steps = await _where(door, job)
         if job.state in DONE:
             break
         progress(steps if steps else None, desc=text)
