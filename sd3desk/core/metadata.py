@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from sd3desk.core.errors import InvalidParamsError, MetadataError
 from sd3desk.core.params import GenerationParams
 
 if TYPE_CHECKING:  # Pillow is imported where pixels or EXIF are touched: the window
-    from PIL import Image, PngImagePlugin  # starts faster without it
+    from PIL import PngImagePlugin  # starts faster without it
 
 FORMAT_KEY = "sd3desk"
 FORMAT_VERSION = 1
@@ -35,6 +36,7 @@ MAX_TEXT_CHUNK = 8 * 1024 * 1024  # bytes, compressed or not; real metadata is a
 MAX_TEXT_TOTAL = 32 * 1024 * 1024
 MAX_EXIF_FILE = 256 * 1024 * 1024
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+TIFF_LONG, TIFF_UNDEFINED = 4, 7  # field types (TIFF 6.0, section 2)
 
 
 @dataclass(frozen=True)
@@ -120,13 +122,23 @@ def png_info(meta: ImageMetadata) -> PngImagePlugin.PngInfo:
     return info
 
 
-def exif_with_comment(text: str) -> Image.Exif:
-    """EXIF carrying `text` in UserComment the way A1111 writes it (UNICODE, UTF-16BE)."""
-    from PIL import Image
+def exif_with_comment(text: str) -> bytes:
+    """EXIF (the "Exif\\0\\0" payload JPEG's APP1 and WebP's EXIF chunk carry) holding only
+    UserComment with `text` the way A1111 writes it: "UNICODE\\0", then UTF-16BE.
 
-    exif = Image.Exif()
-    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
-    return exif
+    Built here because Pillow types a bytes value BYTE, while the EXIF standard types
+    UserComment UNDEFINED: piexif, A1111's reader, hands a BYTE value back as a tuple, and
+    A1111's read path fails on it."""
+    comment = b"UNICODE\0" + text.encode("utf-16-be")
+    # big-endian TIFF: header, IFD0 with one entry (LONG: where the Exif IFD starts), the Exif
+    # IFD with one entry (UNDEFINED: the comment's length and where it starts), the comment
+    exif_ifd = 8 + 2 + 12 + 4
+    data = exif_ifd + 2 + 12 + 4
+    tiff = b"MM\0\x2a" + struct.pack(">I", 8)
+    tiff += struct.pack(">HHHII", 1, EXIF_IFD, TIFF_LONG, 1, exif_ifd) + struct.pack(">I", 0)
+    tiff += struct.pack(">HHHII", 1, USER_COMMENT, TIFF_UNDEFINED, len(comment), data)
+    tiff += struct.pack(">I", 0) + comment  # (no next IFD), then the value
+    return b"Exif\0\0" + tiff
 
 
 # ---------------------------------------------------------------- reading

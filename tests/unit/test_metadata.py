@@ -9,6 +9,8 @@ import time
 import zlib
 from pathlib import Path
 
+import piexif
+import piexif.helper
 import pytest
 from PIL import Image, PngImagePlugin
 
@@ -177,6 +179,24 @@ def test_exif_user_comment_in_jpeg_and_webp(tmp_path, fmt):
     meta = read_metadata(path)
     assert meta.params == PARAMS.replace(model="")
     assert meta.source == "a1111"
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp"])
+def test_exports_read_in_a1111s_own_way(tmp_path, suffix):
+    """What AUTOMATIC1111's read_info_from_image does with a JPEG or WebP (piexif, the reader
+    it uses), on a file exported from one of our PNGs."""
+    from sd3desk.core.gallery import export_image
+
+    png = Image.new("RGB", (32, 32))
+    source = tmp_path / "a.png"
+    png.save(source, pnginfo=png_info(META))
+    target = export_image(source, tmp_path / f"a{suffix}")
+    with Image.open(target) as image:
+        exif = piexif.load(image.info["exif"])
+    comment = exif.get("Exif", {}).get(piexif.ExifIFD.UserComment, b"")
+    assert isinstance(comment, bytes)  # typed UNDEFINED: a BYTE tag comes back as a tuple
+    assert piexif.helper.UserComment.load(comment) == a1111_text(META)
+    assert read_metadata(target).params == PARAMS.replace(model="")
 
 
 def test_user_comment_encodings():
