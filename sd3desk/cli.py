@@ -21,6 +21,7 @@ from sd3desk.core.errors import (
     SD3DeskError,
 )
 from sd3desk.core.params import (
+    ASPECT_MAX,
     SEED_MAX,
     SIZE_PRESETS,
     GenerationParams,
@@ -194,7 +195,8 @@ def _add_generation_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--aspect",
         help="aspect ratio at about one megapixel: "
-        + ", ".join(p.name for p in SIZE_PRESETS if ":" in p.name and " " not in p.name),
+        + ", ".join(p.name for p in SIZE_PRESETS if ":" in p.name and " " not in p.name)
+        + f", or any W:H between 1:{ASPECT_MAX:g} and {ASPECT_MAX:g}:1",
     )
     gen.add_argument("--count", type=int, default=1, help="how many images (default 1)")
     gen.add_argument("--batch", type=int, default=1, help="images per job, 1-16 (default 1)")

@@ -81,6 +81,9 @@ SIZE_PRESETS: tuple[SizePreset, ...] = (
 )
 
 
+ASPECT_MAX = 16.0  # wider than this clamps to the size limits anyway
+
+
 def size_for_aspect(aspect: str, megapixels: float = 1.0) -> tuple[int, int]:
     """Width and height for "W:H": the preset if any, else ~`megapixels` in multiples of 64."""
     for preset in SIZE_PRESETS:
@@ -89,11 +92,18 @@ def size_for_aspect(aspect: str, megapixels: float = 1.0) -> tuple[int, int]:
     try:
         a_text, b_text = aspect.split(":")
         a, b = float(a_text), float(b_text)
-        if not (a > 0 and b > 0 and math.isfinite(a / b)):
+        # (a comparison is False for NaN; 1:inf or 1e-300:1e300 would make a side infinite)
+        if not (a > 0 and b > 0 and 1 / ASPECT_MAX <= a / b <= ASPECT_MAX):
             raise ValueError
-    except ValueError:
+    except (ValueError, ZeroDivisionError, OverflowError):
         raise InvalidParamsError(
-            [FieldError("aspect", f"{aspect!r} is not an aspect ratio like 16:9")]
+            [
+                FieldError(
+                    "aspect",
+                    f"{aspect!r} is not an aspect ratio like 16:9 between 1:{ASPECT_MAX:g} and "
+                    f"{ASPECT_MAX:g}:1",
+                )
+            ]
         ) from None
     area = megapixels * 1024 * 1024
     width = _clamp(round(math.sqrt(area * a / b) / 64) * 64)

@@ -146,6 +146,18 @@ def test_size_for_aspect():
     assert w % 64 == 0 and h % 64 == 0 and w > h
     with pytest.raises(InvalidParamsError, match="aspect"):
         size_for_aspect("wide")
+    assert size_for_aspect("16:1")[0] > size_for_aspect("16:1")[1]
+
+
+@pytest.mark.parametrize(
+    "aspect",
+    ["1:inf", "inf:1", "nan:1", "1e-300:1e300", "1e300:1e-300", "0:1", "17:1", "1:17", ":"],
+)
+def test_odd_aspects_are_field_errors_with_the_range(aspect):
+    with pytest.raises(InvalidParamsError) as raised:
+        size_for_aspect(aspect)
+    (error,) = raised.value.errors
+    assert error.field == "aspect" and "between 1:16 and 16:1" in error.message
 
 
 def test_round_trip_through_dict_ignores_unknown_keys():
