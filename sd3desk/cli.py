@@ -353,12 +353,14 @@ def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
     from sd3desk.runtime.runtime import build_runtime
 
     progress = TerminalProgress(sys.stderr)
+    # bad arguments are refused before the queue is opened: nothing is written then
+    adding = _jobs_from_args(args, paths) if args.action == "add" else []
     runtime = build_runtime(paths, _settings(args, paths))
     for notice in runtime.notices.notices:  # what opening the queue found (crash recovery)
         progress.notice(notice)
     runner = runtime.runner
     if args.action == "add":
-        for job in runner.enqueue_many(_jobs_from_args(args, paths), front=args.front):
+        for job in runner.enqueue_many(adding, front=args.front):
             print(f"queued job {job.id}")
         return ExitCode.ok
     if args.action == "list":

@@ -129,3 +129,13 @@ def test_queue_add_list_pause_resume(capsys, tmp_path):
     assert code == 0 and "paused" in err
     code, out, _ = run(capsys, *data, "queue", "resume")
     assert out.strip() == "the queue is running"
+
+
+def test_queue_add_with_bad_arguments_writes_nothing(capsys, tmp_path):
+    data = tmp_path / "data"
+    code, _, err = run(
+        capsys, "--data-dir", str(data), "queue", "add", "--model", "test", "--prompt", "x",
+        "--steps", "0",
+    )  # fmt: skip
+    assert code == ExitCode.usage and "steps: must be between 1 and 150" in err
+    assert not data.exists() or not any(data.rglob("*"))  # no database, no folders
