@@ -19,7 +19,7 @@ from PySide6.QtGui import QIcon, QWindow
 from PySide6.QtWidgets import QApplication
 
 from sd3desk import __version__
-from sd3desk.core.errors import ExitCode
+from sd3desk.core.errors import ExitCode, StoreError
 from sd3desk.core.settings import AppPaths, load_settings
 from sd3desk.runtime.runtime import Runtime, build_runtime
 from sd3desk.ui.main_window import MainWindow
@@ -141,7 +141,13 @@ def _app_icon() -> QIcon:
 
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
-    window = create_window(argv)
+    try:
+        window = create_window(argv)
+    except StoreError as exc:  # the queue is locked by another sd3desk, or cannot be opened
+        from PySide6.QtWidgets import QMessageBox
+
+        QMessageBox.critical(None, "sd3desk cannot start", str(exc))
+        return ExitCode.error
     window.show()
     if os.environ.get("SD3DESK_STARTUP_PROBE"):
         _exit_when_exposed(window)

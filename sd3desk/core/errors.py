@@ -71,5 +71,9 @@ class GenerationCancelled(SD3DeskError):
         self.step = step
 
 
+class StoreError(SD3DeskError):
+    """The queue database is locked by another program or cannot be opened (it is left as is)."""
+
+
 class MetadataError(SD3DeskError):
     """An image's embedded parameters could not be read (missing, malformed or hostile file)."""

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sd3desk.core.errors import StoreError
+
 log = logging.getLogger(__name__)
 
 # Each entry migrates the schema from version i to i + 1; never edit a released entry.
@@ -86,8 +88,11 @@ class Store:
 
     Every write is committed before the method returns, so a crash loses nothing acknowledged.
     A database that cannot be read is moved aside (never deleted) and a fresh one started;
-    `notices` then says so.
+    `notices` then says so. One that is locked by another program, or cannot be opened, is left
+    alone: StoreError says why.
     """
+
+    BUSY_TIMEOUT_S = 5.0  # how long opening waits for another program's lock
 
     def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path) if str(path) != ":memory:" else None
@@ -96,6 +101,10 @@ class Store:
         self.db: sqlite3.Connection
         try:
             self.db = self._open(str(path))
+        except sqlite3.OperationalError as exc:
+            # locked or busy (another program holds it), or not openable: nothing is wrong
+            # with the file, so it stays where it is
+            raise _unavailable(Path(path), exc) from exc
         except sqlite3.DatabaseError as exc:
             if self.path is None:
                 raise
@@ -113,7 +122,9 @@ class Store:
     def _open(self, path: str) -> sqlite3.Connection:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+        db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=True, timeout=self.BUSY_TIMEOUT_S
+        )
         try:
             db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a committed transaction survives the app being killed.
@@ -164,3 +175,17 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _unavailable(path: Path, exc: sqlite3.OperationalError) -> StoreError:
+    if "locked" in str(exc) or "busy" in str(exc):
+        return StoreError(
+            f"The queue database {path} is locked by another program (another sd3desk?).",
+            "Close the other sd3desk that uses this data folder, or use another one with "
+            "--data-dir DIR. The queue itself is intact.",
+        )
+    return StoreError(
+        f"The queue database {path} could not be opened: {exc}.",
+        "Check that the data folder exists and is writable, or use another one with "
+        "--data-dir DIR.",
+    )

@@ -403,3 +403,38 @@ def test_a_job_failed_by_crash_recovery_is_a_notice_in_the_window(open_window, t
     assert window.notices_button.text() == "Notices (1)"
     failed = [j for j in window.runner.snapshot().done if j.state is JobState.failed]
     assert [j.params.prompt for j in failed] == ["a crash"]
+
+
+def test_a_queue_locked_by_another_program_is_said_and_left_alone(qtbot, tmp_path, monkeypatch):
+    import sqlite3
+
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from sd3desk import app
+    from sd3desk.core.errors import ExitCode
+    from sd3desk.core.store import Store
+
+    Store(tmp_path / "sd3desk.db").db.close()
+    other = sqlite3.connect(tmp_path / "sd3desk.db")  # another program holding it for itself
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(Store, "BUSY_TIMEOUT_S", 0.1)
+    said: list[str] = []
+
+    def answer() -> None:  # as the user does, once the dialog is up
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, answer)
+            return
+        said.append(box.text())
+        box.accept()
+
+    QTimer.singleShot(0, answer)
+    try:
+        assert app.main(["--data-dir", str(tmp_path)]) == ExitCode.error
+    finally:
+        other.rollback()
+        other.close()
+    assert said and "locked by another program" in said[0]
+    assert not [p for p in tmp_path.iterdir() if ".unreadable-" in p.name]

@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 
+from sd3desk.core.errors import StoreError
 from sd3desk.core.jobs import CRASH_LIMIT, FailureKind, JobQueue, JobState, TransitionError
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.store import SCHEMA_VERSION, Store
@@ -119,6 +120,22 @@ def test_a_corrupt_database_is_moved_aside_not_deleted(db_path):
     aside = [p for p in db_path.parent.iterdir() if ".unreadable-" in p.name]
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not sqlite")
     assert queue.enqueue(P).id == 1
+
+
+def test_a_database_locked_by_another_program_is_left_alone(db_path, monkeypatch):
+    queue = open_queue(db_path)
+    queue.enqueue(P)
+    queue.store.db.close()
+    other = sqlite3.connect(db_path)  # another process, holding the file for itself
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(Store, "BUSY_TIMEOUT_S", 0.1)
+    with pytest.raises(StoreError, match="locked by another program"):
+        open_queue(db_path)
+    other.rollback()
+    other.close()
+    assert not [p for p in db_path.parent.iterdir() if ".unreadable-" in p.name]
+    assert [j.params.prompt for j in open_queue(db_path).queued()] == [P.prompt]  # intact
 
 
 def test_a_newer_schema_is_not_touched(db_path):
