@@ -99,6 +99,9 @@ class Store:
         self.clock = clock
         self.notices: list[str] = []
         self.db: sqlite3.Connection
+        # sd3desk never leaves a 0-byte database (the schema is written on creation): one that
+        # is empty was cut short (a crash, a full disk, another program), and says so below
+        emptied = self.path is not None and self.path.is_file() and not self.path.stat().st_size
         try:
             self.db = self._open(str(path))
         except sqlite3.OperationalError as exc:
@@ -118,6 +121,11 @@ class Store:
             )
             log.warning("moved unreadable database to %s: %s", aside, exc)
             self.db = self._open(str(path))
+        if emptied and not self.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone():
+            self.notices.append(
+                f"The queue database {self.path} was empty (0 bytes: cut short by a crash, a full "
+                "disk or another program); earlier jobs are gone, and a new queue was started."
+            )
 
     def _open(self, path: str) -> sqlite3.Connection:
         if self.path is not None:

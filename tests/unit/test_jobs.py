@@ -138,6 +138,18 @@ def test_a_database_locked_by_another_program_is_left_alone(db_path, monkeypatch
     assert [j.params.prompt for j in open_queue(db_path).queued()] == [P.prompt]  # intact
 
 
+def test_a_database_cut_to_zero_bytes_is_said(db_path):
+    first = open_queue(db_path)
+    assert first.store.notices == []  # a new one: nothing to say
+    first.store.db.close()
+    db_path.write_bytes(b"")
+    for suffix in ("-wal", "-shm"):
+        db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
+    queue = open_queue(db_path)
+    assert len(queue.store.notices) == 1 and "was empty (0 bytes" in queue.store.notices[0]
+    assert queue.enqueue(P).id == 1
+
+
 def test_a_newer_schema_is_not_touched(db_path):
     db = sqlite3.connect(db_path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
