@@ -54,8 +54,8 @@ class QueueModel(QAbstractListModel):
     def __init__(self, snapshot: QueueSnapshot) -> None:
         super().__init__()
         self._jobs: list[Job] = []
-        self._shown: dict[int, str] = {}  # job id -> the text its row shows
-        self._drawn: dict[int, tuple] = {}  # job id -> what that text was made from
+        # job id -> what its row's text was made from, and that text
+        self._shown: dict[int, tuple[tuple, str]] = {}
         self._snapshot = QueueSnapshot()
         self._etas_at = 0.0
         self.show(snapshot)
@@ -89,8 +89,7 @@ class QueueModel(QAbstractListModel):
             self._reorder(wanted)
         else:
             self._jobs = wanted
-        self._shown = {job.id: text for job in wanted if (text := self._shown.get(job.id))}
-        self._drawn = {job.id: looks for job in wanted if (looks := self._drawn.get(job.id))}
+        self._shown = {job.id: shown for job in wanted if (shown := self._shown.get(job.id))}
         self._redraw(range(len(self._jobs)))
 
     def _redraw(self, rows: range) -> None:
@@ -100,12 +99,12 @@ class QueueModel(QAbstractListModel):
         for row in rows:
             job = self._jobs[row]
             looks = self._looks(job)
-            if self._drawn.get(job.id) == looks:
+            before = self._shown.get(job.id)
+            if before is not None and before[0] == looks:
                 continue  # the same job object in the same place, step and ETA: same text
-            self._drawn[job.id] = looks
             text = self._text(job)
-            if self._shown.get(job.id) != text:
-                self._shown[job.id] = text
+            self._shown[job.id] = (looks, text)
+            if before is None or before[1] != text:
                 changed.append(row)
         start = None
         for k, row in enumerate(changed):  # contiguous runs, one signal each
@@ -155,7 +154,8 @@ class QueueModel(QAbstractListModel):
         if job is None:
             return None
         if role == Qt.ItemDataRole.DisplayRole:
-            return self._shown.get(job.id) or self._text(job)
+            shown = self._shown.get(job.id)
+            return shown[1] if shown else self._text(job)
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(job)
         if role == Qt.ItemDataRole.ForegroundRole:
