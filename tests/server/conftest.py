@@ -91,6 +91,27 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     stop_server(server)
 
 
+def watch_steps(served: Served) -> threading.Event:
+    """An event set once the server's event stream reports a denoising step. The stream stays
+    open until the server ends it (a stop cuts it off, a kill breaks it)."""
+    stepping = threading.Event()
+
+    def watch() -> None:
+        try:
+            with (
+                httpx.Client(timeout=120) as http,
+                http.stream("GET", f"{served.url}api/v1/events") as stream,
+            ):
+                for line in stream.iter_lines():
+                    if line.startswith("event: step"):
+                        stepping.set()
+        except httpx.HTTPError:
+            pass  # the server went away
+
+    threading.Thread(target=watch, daemon=True).start()
+    return stepping
+
+
 def wait_until(condition, timeout: float = 60.0, every: float = 0.05):
     """Poll `condition` until it returns something true (for clients in other processes)."""
     deadline = time.monotonic() + timeout

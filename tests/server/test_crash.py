@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import threading
 import time
 from contextlib import closing
 
 import httpx
-from conftest import start_server, stop_server, wait_until
+from conftest import start_server, stop_server, wait_until, watch_steps
 
 from sd3desk.core.metadata import read_metadata
 
@@ -18,20 +17,7 @@ from sd3desk.core.metadata import read_metadata
 def test_sigkill_mid_step_with_three_clients_loses_and_repeats_nothing(tmp_path):
     data = tmp_path / "data"
     server = start_server(data, "--no-web")
-    stepping = threading.Event()
-
-    def watch_steps() -> None:
-        with (
-            httpx.Client(timeout=120) as http,
-            http.stream("GET", f"{server.url}api/v1/events") as s,
-        ):
-            for line in s.iter_lines():
-                if line.startswith("event: step"):
-                    stepping.set()
-                    return
-
-    watcher = threading.Thread(target=watch_steps, daemon=True)
-    watcher.start()
+    stepping = watch_steps(server)
     ids: dict[int, int] = {}  # job id -> seed
     for client in range(3):
         with httpx.Client(base_url=server.url, timeout=60) as http:
@@ -70,21 +56,7 @@ def test_sigkill_mid_step_with_three_clients_loses_and_repeats_nothing(tmp_path)
 def test_ctrl_c_stops_within_a_step_and_puts_the_running_job_back_at_the_front(tmp_path):
     data = tmp_path / "data"
     server = start_server(data, "--no-web")
-    stepping = threading.Event()
-
-    def watch_steps() -> None:
-        try:
-            with (
-                httpx.Client(timeout=120) as http,
-                http.stream("GET", f"{server.url}api/v1/events") as s,
-            ):
-                for line in s.iter_lines():  # still open when Ctrl+C comes
-                    if line.startswith("event: step"):
-                        stepping.set()
-        except httpx.HTTPError:
-            pass  # the server cut the stream off as it stopped
-
-    threading.Thread(target=watch_steps, daemon=True).start()
+    stepping = watch_steps(server)  # its stream still open when Ctrl+C comes
     with server.client() as http:
         body = {"steps": 150, "width": 1024, "height": 1024}  # a while on the CPU
         first = http.post("/api/v1/jobs", json={"prompt": "long one", **body}).json()["id"]
