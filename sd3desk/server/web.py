@@ -120,9 +120,13 @@ def build_page(door: Door) -> gr.Blocks:
         ) -> tuple[str, int]:
             fields = [prompt, negative_prompt, seed, randomize_seed, width, height]
             fields += [guidance_scale, num_inference_steps]
-            job = await run_in_threadpool(_submit, door, fields, "", _client(request))
-            job = await _wait(door, job, progress)
-            return _image(job), int(job.params.seed or 0)
+            # the page's run without its previews: its last answer is the image and seed
+            answers = _page_run(door, fields, "", _client(request), progress)
+            last: tuple[Any, Any, str] = ("", 0, "")
+            async for last in answers:  # noqa: B007
+                pass
+            image, done_seed, _text = last
+            return image, int(done_seed or 0)
 
         for trigger in (run.click, prompt.submit):
             trigger(
@@ -212,16 +216,6 @@ async def _where(door: Door, job: Job) -> tuple[Job, str, tuple[int, int] | None
         text = f"Job #{job.id}: step {step}/{current.params.steps}{about} left"
         return current, text, (step, current.params.steps)
     return current, f"Job #{job.id} {current.state.value}", None
-
-
-async def _wait(door: Door, job: Job, progress: gr.Progress) -> Job:
-    while True:
-        job, text, steps = await _where(door, job)
-        if job.state in DONE:
-            break
-        progress(steps if steps else None, desc=text)
-        await asyncio.sleep(POLL_S)
-    return _finished(job)
 
 
 async def _page_run(
