@@ -19,7 +19,7 @@ from PySide6.QtGui import QIcon, QWindow
 from PySide6.QtWidgets import QApplication
 
 from sd3desk import __version__
-from sd3desk.core.errors import ExitCode, StoreError
+from sd3desk.core.errors import ExitCode, FolderBusyError, StoreError
 from sd3desk.core.settings import AppPaths, load_settings
 from sd3desk.runtime.runtime import Runtime, build_runtime
 from sd3desk.ui.main_window import MainWindow
@@ -58,7 +58,7 @@ def create_window(argv: Sequence[str] | argparse.Namespace | None = None) -> Mai
     paths = AppPaths.default(args.data_dir)
     settings = load_settings(paths.settings_file)
     apply_theme(app, settings.theme)
-    runtime = build_runtime(paths, settings)
+    runtime = build_runtime(paths, settings, owner="the sd3desk window")
     session = Session(runtime, model_override=args.window_model, verbose=args.verbose)
     window = MainWindow(session)
     app.aboutToQuit.connect(session.shutdown)
@@ -141,19 +141,46 @@ def _app_icon() -> QIcon:
 
 
 def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
-    try:
-        window = create_window(argv)
-    except StoreError as exc:  # the queue is locked by another sd3desk, or cannot be opened
-        from PySide6.QtWidgets import QMessageBox
-
-        QMessageBox.critical(None, "sd3desk cannot start", str(exc))
-        return ExitCode.error
+    args = window_args(argv)
+    while True:
+        try:
+            window = create_window(args)
+            break
+        except (StoreError, FolderBusyError) as exc:  # another sd3desk's queue, or unusable
+            folder = _another_folder(exc)
+            if folder is None:
+                return ExitCode.busy if isinstance(exc, FolderBusyError) else ExitCode.error
+            args.data_dir = folder
     window.show()
     if os.environ.get("SD3DESK_STARTUP_PROBE"):
         _exit_when_exposed(window)
     app = QApplication.instance()
     assert app is not None
     return app.exec() or ExitCode.ok
+
+
+def start_failure_dialog(exc: StoreError | FolderBusyError) -> Any:
+    """What the window says when it cannot start on its data folder, offering another one."""
+    from PySide6.QtWidgets import QMessageBox
+
+    box = QMessageBox(QMessageBox.Icon.Critical, "sd3desk cannot start", exc.message)
+    box.setInformativeText(exc.advice)
+    box.addButton("Use another folder…", QMessageBox.ButtonRole.AcceptRole)
+    box.setDefaultButton(box.addButton(QMessageBox.StandardButton.Close))
+    return box
+
+
+def _another_folder(exc: StoreError | FolderBusyError) -> Path | None:
+    """Ask; the folder the user picked, or None to quit."""
+    from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+    box = start_failure_dialog(exc)
+    box.exec()
+    clicked = box.clickedButton()
+    if clicked is None or box.buttonRole(clicked) is not QMessageBox.ButtonRole.AcceptRole:
+        return None
+    chosen = QFileDialog.getExistingDirectory(None, "A folder for sd3desk's queue and images")
+    return Path(chosen) if chosen else None
 
 
 def _exit_when_exposed(window: MainWindow) -> None:

@@ -16,6 +16,7 @@ from sd3desk import __version__
 from sd3desk.core.errors import (
     ExitCode,
     FieldError,
+    FolderBusyError,
     InvalidParamsError,
     ModelError,
     SD3DeskError,
@@ -245,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; no partial files were written", file=sys.stderr)
         return ExitCode.interrupted
+    except FolderBusyError as exc:
+        _print_error(exc, args.verbose)
+        return ExitCode.busy
     except SD3DeskError as exc:
         _print_error(exc, args.verbose)
         return ExitCode.error
@@ -355,7 +359,10 @@ def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
     progress = TerminalProgress(sys.stderr)
     # bad arguments are refused before the queue is opened: nothing is written then
     adding = _jobs_from_args(args, paths) if args.action == "add" else []
-    runtime = build_runtime(paths, _settings(args, paths))
+    # only `run` takes the data folder's lock: adding, listing and pausing work beside a window
+    # or another `queue run` that runs the queue
+    owner = "sd3desk queue run" if args.action == "run" else ""
+    runtime = build_runtime(paths, _settings(args, paths), owner=owner)
     for notice in runtime.notices.notices:  # what opening the queue found (crash recovery)
         progress.notice(notice)
     runner = runtime.runner
@@ -405,7 +412,7 @@ def _serve(args: argparse.Namespace, paths: AppPaths) -> int:
         cors_origins=tuple(args.cors),
         model=args.model,
     ).check()
-    runtime = build_runtime(paths, _settings(args, paths))
+    runtime = build_runtime(paths, _settings(args, paths), owner="sd3desk serve")
     return serve(runtime, config, progress=TerminalProgress(sys.stderr), web=not args.no_web)
 
 

@@ -31,10 +31,13 @@ class RunOutcome:
     outputs: list[str] = field(default_factory=list)
     failures: list[Job] = field(default_factory=list)  # failed jobs, in the order they failed
     interrupted: bool = False
+    broken: bool = False  # the queue database could not be written (the notice says why)
 
     def exit_code(self) -> ExitCode:
         if self.interrupted:
             return ExitCode.interrupted
+        if self.broken:
+            return ExitCode.error
         if self.failures:
             kind = self.failures[0].error_kind
             return FAILURE_EXIT.get(kind, ExitCode.error) if kind else ExitCode.error
@@ -137,7 +140,12 @@ def run_queue(
             progress.note("stopping after this step… (Ctrl+C again to quit at once)")
         runner.halt()
 
+    def on_broken(_error: Any) -> None:  # the notice (with the reason) is printed already
+        outcome.broken = True
+        app.quit()
+
     runner.job_changed.connect(on_job_changed)
+    runner.broken.connect(on_broken)
     runner.idle.connect(app.quit)
     if progress:
         runtime.notices.added.connect(progress.notice)

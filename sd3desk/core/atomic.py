@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from sd3desk.core import failpoints
+
+# ".NAME.PID-RANDOM.tmp": the writer's process id is in the name, so a sweep can tell a dead
+# process's leftover from a write in progress
+_TEMP = re.compile(r"^\..+\.(\d+)-[A-Za-z0-9_]+\.tmp$")
+STALE_AFTER_S = 600.0  # no write takes this long: an older temporary file is a leftover
 
 
 @contextlib.contextmanager
@@ -16,7 +26,8 @@ def _temp_beside(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     import tempfile  # here, not at the top: the window starts faster without it
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}.{os.getpid()}-"
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     os.chmod(fd, 0o644)  # mkstemp makes files private; images and settings are ordinary files
     try:
@@ -60,6 +71,7 @@ def write_new_file(
         write(handle)
         _flush(handle)
         handle.close()
+        failpoints.reached("file-written")
         n = start
         while True:
             target = folder / name_for(n)
@@ -75,3 +87,42 @@ def write_new_file(
                     continue
                 os.replace(tmp, target)
                 return target
+
+
+def sweep_temp_files(folders: Iterable[Path]) -> int:
+    """Remove the temporary files killed processes left in `folders` (not their subfolders);
+    returns how many. A file whose writer is alive is kept unless it is older than any write
+    takes (its process id was reused); where process ids cannot be checked, age decides."""
+    removed = 0
+    now = time.time()
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                continue
+            match = _TEMP.match(entry.name)
+            with contextlib.suppress(OSError):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+                writer = int(match.group(1)) if match else None
+                if old or (writer is not None and writer != os.getpid() and not _alive(writer)):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (True where that cannot be told)."""
+    if sys.platform == "win32":  # os.kill(pid, 0) would end the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True

@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     error = 1  # a job or a check failed; the message says why
     usage = 2  # invalid arguments: the message names the field and its range; nothing written
     model = 3  # the model cannot be found, read or loaded
+    busy = 4  # another sd3desk runs this data folder's queue (the message names it)
     interrupted = 130  # Ctrl+C: no partial files were written
 
 
@@ -71,8 +72,16 @@ class GenerationCancelled(SD3DeskError):
         self.step = step
 
 
+class StorageError(SD3DeskError):
+    """An image could not be written: the disk is full, or the folder is read-only."""
+
+
 class StoreError(SD3DeskError):
     """The queue database is locked by another program or cannot be opened (it is left as is)."""
+
+
+class FolderBusyError(SD3DeskError):
+    """Another sd3desk runs this data folder's queue; this process may add jobs, not run them."""
 
 
 class MetadataError(SD3DeskError):

@@ -6,11 +6,14 @@ import contextlib
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
+from sd3desk.core.metadata import JobRef
+from sd3desk.core.outputs import saved_by
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.store import Store
 
@@ -46,6 +49,7 @@ class FailureKind(Enum):
     model = "model"  # the model cannot be found, read or loaded
     invalid = "invalid"  # the request does not fit the model (e.g. its size limit)
     crash = "crash"  # the app stopped during this job too often
+    storage = "storage"  # its images could not be written (full disk, read-only folder)
     error = "error"  # anything else (details in the log)
 
 
@@ -72,6 +76,21 @@ class Job:
     sort_key: float = 0.0
     source: str = ""  # the front door it came through: "window", "cli", "web", "a1111", "api"
     client: str = ""  # for jobs from the network: the address that sent it
+    planned: tuple[str, ...] = ()  # where its images land, decided when it is handed out
+    generating: bool = False  # its model was loaded and denoising began (crashes count then)
+
+
+@dataclass(frozen=True)
+class LoadCrash:
+    """The app died while loading `model`, the `times`-th time in a row."""
+
+    model: str
+    times: int
+
+    @property
+    def paused(self) -> bool:
+        """The queue was paused for it (CRASH_LIMIT reached)."""
+        return self.times >= CRASH_LIMIT
 
 
 @dataclass(frozen=True)
@@ -84,7 +103,7 @@ class Eta:
 
 _COLUMNS = (
     "id, sort_key, state, params, created, started, ended, crashes, note, "
-    "error_kind, error_message, error_advice, outputs, source, client"
+    "error_kind, error_message, error_advice, outputs, source, client, planned, generating"
 )
 FIRST_USE_SECONDS_PER_MEGAPIXEL_STEP = 1.0  # a deliberately rough first guess, marked as such
 
@@ -106,6 +125,8 @@ def _job(row: tuple) -> Job:
         outputs,
         source,
         client,
+        planned,
+        generating,
     ) = row
     return Job(
         id=id_,
@@ -123,6 +144,8 @@ def _job(row: tuple) -> Job:
         sort_key=sort_key,
         source=source,
         client=client,
+        planned=tuple(json.loads(planned)),
+        generating=bool(generating),
     )
 
 
@@ -137,12 +160,34 @@ class JobQueue:
     report through signals and never touch it. Every method commits before it returns.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, recover: bool = True) -> None:
         self.store = store
         self.db = store.db
-        # Jobs the last process left running, as recovery left them: queued again (interrupted)
-        # or failed (FailureKind.crash). The runtime turns them into notices.
-        self.recovered: list[Job] = self._recover()
+        self._uid = ""
+        # What the last process left behind; only the queue's owner looks (`recover`):
+        # - the jobs it left running, as recovery left them: finished (their images had been
+        #   saved), queued again (interrupted) or failed (FailureKind.crash);
+        # - the model it was loading when it died, if it was.
+        self.load_crash: LoadCrash | None = None
+        self.recovered: list[Job] = []
+        if recover:
+            self.load_crash = self._recover_load()
+            self.recovered = self._recover()
+
+    @property
+    def uid(self) -> str:
+        """This queue's own id, written into every image it makes (see `JobRef`)."""
+        if not self._uid:
+            self._uid = self.store.get_meta("queue_uid")
+            if not self._uid:
+                import uuid
+
+                self._uid = uuid.uuid4().hex
+                self.store.set_meta("queue_uid", self._uid)
+        return self._uid
+
+    def job_ref(self, job: Job, image: int) -> JobRef:
+        return JobRef(self.uid, job.id, image)
 
     # ------------------------------------------------------------------ persistence helpers
 
@@ -157,8 +202,11 @@ class JobQueue:
         self.db.execute("COMMIT")
 
     def _recover(self) -> list[Job]:
-        """Jobs the last process left running go back to the front, marked interrupted; one that
-        was running during CRASH_LIMIT stops is failed so it can never crash-loop the app."""
+        """Jobs the last process left running. One whose images were all saved is finished
+        with them (they are never made twice). One that was stopped while denoising goes back
+        to the front, marked interrupted, or is failed when that happened CRASH_LIMIT times,
+        so it can never crash-loop the app. One that never got past loading its model goes
+        back to the front as it was (the crash counts against the model, `_recover_load`)."""
         running = self._select("WHERE state = 'running' ORDER BY sort_key")
         recovered: list[Job] = []
         if not running:
@@ -166,12 +214,21 @@ class JobQueue:
         front = self._front_key()
         with self._transaction():
             for offset, job in enumerate(reversed(running)):
-                crashes = job.crashes + 1
-                if crashes >= CRASH_LIMIT:
+                refs = [self.job_ref(job, k) for k in range(len(job.planned))]
+                saved = [saved_by(Path(p), ref) for p, ref in zip(job.planned, refs, strict=True)]
+                if job.planned and all(saved):
+                    job = self._update(
+                        job,
+                        JobState.finished,
+                        ended=self.store.clock(),
+                        outputs=job.planned,
+                        note="finished: its images were saved just before the app stopped",
+                    )
+                elif job.generating and job.crashes + 1 >= CRASH_LIMIT:
                     job = self._update(
                         job,
                         JobState.failed,
-                        crashes=crashes,
+                        crashes=job.crashes + 1,
                         ended=self.store.clock(),
                         error_kind=FailureKind.crash,
                         error_message="the app stopped twice during this job",
@@ -181,13 +238,38 @@ class JobQueue:
                     job = self._update(
                         job,
                         JobState.queued,
-                        crashes=crashes,
+                        crashes=job.crashes + job.generating,
                         started=None,
+                        generating=False,
                         sort_key=front - 1 - offset,
-                        note="interrupted: the app stopped during this job",
+                        note="interrupted: the app stopped during this job"
+                        if job.generating
+                        else "interrupted: the app stopped while its model loaded",
                     )
                 recovered.append(job)
         return recovered[::-1]
+
+    def _recover_load(self) -> LoadCrash | None:
+        """The model the last process died loading, counted; the queue is paused once one has
+        done that CRASH_LIMIT times in a row, so starting the app cannot crash-loop it."""
+        model = self.store.get_meta("loading")
+        if not model:
+            return None
+        counts = self._load_crashes()
+        counts[model] = counts.get(model, 0) + 1
+        with self._transaction():
+            self.store.set_meta("load_crashes", json.dumps(counts))
+            self.store.set_meta("loading", "")
+            if counts[model] >= CRASH_LIMIT:
+                self.set_paused(True)
+        return LoadCrash(model, counts[model])
+
+    def _load_crashes(self) -> dict[str, int]:
+        try:
+            found = json.loads(self.store.get_meta("load_crashes") or "{}")
+        except ValueError:
+            return {}
+        return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
     def _select(self, where: str, args: tuple = ()) -> list[Job]:
         rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs {where}", args).fetchall()
@@ -336,8 +418,18 @@ class JobQueue:
 
     # ------------------------------------------------------------------ worker reports
 
-    def mark_running(self, job_id: int) -> Job:
-        return self._update(self.get(job_id), JobState.running, started=self.store.clock())
+    def mark_running(self, job_id: int, planned: Sequence[str] = ()) -> Job:
+        """Hand a job out. `planned` are its images' paths; a job that has some already (it was
+        interrupted) keeps them, so what it saved before is found again."""
+        job = self.get(job_id)
+        fields: dict[str, Any] = {"started": self.store.clock()}
+        if planned and not job.planned:
+            fields["planned"] = tuple(planned)
+        return self._update(job, JobState.running, **fields)
+
+    def mark_generating(self, job_id: int) -> Job:
+        """The job's model is loaded and denoising begins: from now on a crash is the job's."""
+        return self._update(self.get(job_id), generating=True)
 
     def mark_finished(self, job_id: int, outputs: list[str]) -> Job:
         return self._update(
@@ -358,12 +450,34 @@ class JobQueue:
         """Put a running job back at the front (the runner was stopped, not the job)."""
         job = self.get(job_id)
         return self._update(
-            job, JobState.queued, started=None, sort_key=self._front_key() - 1, note=note
+            job,
+            JobState.queued,
+            started=None,
+            generating=False,
+            sort_key=self._front_key() - 1,
+            note=note,
         )
 
     def mark_cancelled(self, job_id: int) -> Job:
         """A waiting job cancelled by the user, or a running one that stopped on a cancel."""
         return self._update(self.get(job_id), JobState.cancelled, ended=self.store.clock())
+
+    # ------------------------------------------------------------------ model loads
+
+    def loading(self, model: str) -> None:
+        """A worker starts loading `model`: if the process dies now, it is the model's doing."""
+        self.store.set_meta("loading", model)
+
+    def loaded(self, model: str, ok: bool) -> None:
+        """The load ended, loaded (`ok`: the model's crash count starts over) or refused."""
+        self.store.set_meta("loading", "")
+        counts = self._load_crashes()
+        if ok and counts.pop(model, None) is not None:
+            self.store.set_meta("load_crashes", json.dumps(counts))
+
+    def load_crashes(self, model: str) -> int:
+        """How often in a row the app died while loading `model`."""
+        return self._load_crashes().get(model, 0)
 
     # ------------------------------------------------------------------ timing and ETA
 
@@ -399,7 +513,7 @@ class JobQueue:
 
 def _column(name: str, value: Any) -> Any:
     """A Job field as stored in its SQLite column."""
-    if name == "outputs":
+    if name in ("outputs", "planned"):
         return json.dumps(list(value))
     if isinstance(value, Enum):
         return value.value

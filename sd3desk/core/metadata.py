@@ -49,6 +49,16 @@ class ModelIdentity:
 
 
 @dataclass(frozen=True)
+class JobRef:
+    """Which job of which queue made an image, and which of its images it is: lets a restart
+    after a crash recognise a job's images as already saved (never made twice)."""
+
+    queue: str  # the queue database's own id (JobQueue.uid), so ids of two queues never mix
+    job: int
+    image: int = 0
+
+
+@dataclass(frozen=True)
 class ImageMetadata:
     """Parameters read from or written into an image file.
 
@@ -61,6 +71,7 @@ class ImageMetadata:
     app_version: str = __version__
     source: str = FORMAT_KEY
     unmapped: tuple[tuple[str, str], ...] = ()
+    job: JobRef | None = None  # only in our own record
 
 
 # ---------------------------------------------------------------- writing
@@ -109,6 +120,8 @@ def json_text(meta: ImageMetadata) -> str:
         "params": meta.params.to_dict(),
         "model": {"name": meta.model.name, "hash": meta.model.hash, "family": meta.model.family},
     }
+    if meta.job is not None:
+        record["job"] = {"queue": meta.job.queue, "id": meta.job.job, "image": meta.job.image}
     return json.dumps(record, ensure_ascii=False, sort_keys=True)
 
 
@@ -313,6 +326,17 @@ def parse_json(text: str) -> ImageMetadata:
         ),
         app_version=str(record.get("app_version", "")),
         source=FORMAT_KEY,
+        job=_job_ref(record.get("job")),
+    )
+
+
+def _job_ref(found: Any) -> JobRef | None:
+    if not isinstance(found, dict):
+        return None
+    queue, job, image = found.get("queue"), found.get("id"), found.get("image", 0)
+    counts = [v for v in (job, image) if type(v) is int and 0 <= v < 2**63]
+    return (
+        JobRef(queue, counts[0], counts[1]) if isinstance(queue, str) and len(counts) == 2 else None
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -79,6 +80,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT '';
     ALTER TABLE jobs ADD COLUMN client TEXT NOT NULL DEFAULT '';
     """,
+    # 4: where a job's images will land (decided before it runs) and whether it got past
+    # loading its model (a crash before that is the model's, not the job's)
+    """
+    ALTER TABLE jobs ADD COLUMN planned TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN generating INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -92,21 +99,33 @@ class Store:
     alone: StoreError says why.
     """
 
-    BUSY_TIMEOUT_S = 5.0  # how long opening waits for another program's lock
+    BUSY_TIMEOUT_S = 5.0  # how long a statement waits for another connection's lock
 
-    def __init__(self, path: Path | str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_s: float | None = None,
+    ) -> None:
         self.path = Path(path) if str(path) != ":memory:" else None
         self.clock = clock
+        self.busy_timeout_s = self.BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s
         self.notices: list[str] = []
         self.db: sqlite3.Connection
         # sd3desk never leaves a 0-byte database (the schema is written on creation): one that
         # is empty was cut short (a crash, a full disk, another program), and says so below
         emptied = self.path is not None and self.path.is_file() and not self.path.stat().st_size
+        existed = self.path is None or self.path.exists()
         try:
             self.db = self._open(str(path))
         except sqlite3.OperationalError as exc:
             # locked or busy (another program holds it), or not openable: nothing is wrong
-            # with the file, so it stays where it is
+            # with the file, so it stays where it is; one this attempt made (empty: a full
+            # disk) goes, so the next start does not take it for a queue cut short
+            if not existed and self.path is not None:
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(OSError):
+                        Path(str(self.path) + suffix).unlink()
             raise _unavailable(Path(path), exc) from exc
         except sqlite3.DatabaseError as exc:
             if self.path is None:
@@ -129,9 +148,12 @@ class Store:
 
     def _open(self, path: str) -> sqlite3.Connection:
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise unwritable_folder(self.path.parent, exc) from exc
         db = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=True, timeout=self.BUSY_TIMEOUT_S
+            path, isolation_level=None, check_same_thread=True, timeout=self.busy_timeout_s
         )
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -186,6 +208,8 @@ class Store:
 
 
 def _unavailable(path: Path, exc: sqlite3.OperationalError) -> StoreError:
+    if "full" in str(exc):
+        return written_not(exc, path)
     if "locked" in str(exc) or "busy" in str(exc):
         return StoreError(
             f"The queue database {path} is locked by another program (another sd3desk?).",
@@ -196,4 +220,34 @@ def _unavailable(path: Path, exc: sqlite3.OperationalError) -> StoreError:
         f"The queue database {path} could not be opened: {exc}.",
         "Check that the data folder exists and is writable, or use another one with "
         "--data-dir DIR.",
+    )
+
+
+def written_not(exc: sqlite3.Error, path: Path | None = None) -> StoreError:
+    """A failed write to an open queue database, in words (a full disk above all)."""
+    where = f" {path}" if path else ""
+    if "locked" in str(exc) or "busy" in str(exc):
+        return StoreError(
+            f"The queue database{where} is busy: another sd3desk is writing to it.",
+            "Try again in a moment; nothing was changed.",
+        )
+    if "full" in str(exc):
+        return StoreError(
+            f"The queue database{where} cannot be written: the disk is full.",
+            "Free some space on the disk that holds the data folder, then start again; the queue "
+            "is as it was before this change.",
+        )
+    return StoreError(
+        f"The queue database{where} cannot be written: {exc}.",
+        "Check that the data folder is writable, then start again; the queue is as it was "
+        "before this change.",
+    )
+
+
+def unwritable_folder(folder: Path, exc: OSError) -> StoreError:
+    """The data folder (or one beside it) cannot be made or written."""
+    return StoreError(
+        f"The data folder {folder} cannot be written: {exc.strerror or exc}.",
+        "Choose another folder (the window offers one; on the command line: --data-dir DIR), "
+        "or make this one writable.",
     )

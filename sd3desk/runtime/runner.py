@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -15,13 +16,23 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from PySide6.QtCore import QCoreApplication, QObject, Qt, QTimer, Signal, Slot
 
-from sd3desk.core.jobs import DONE, Job, JobQueue, JobState, timing_key
+from sd3desk.core.errors import StoreError
+from sd3desk.core.jobs import CRASH_LIMIT, DONE, FailureKind, Job, JobQueue, JobState, timing_key
 from sd3desk.core.params import GenerationParams, PromptLength, check
-from sd3desk.runtime.events import JobChanged, QueueChanged, QueueSnapshot, StepProgress
+from sd3desk.core.store import written_not
+from sd3desk.runtime.events import (
+    EngineState,
+    EngineStatus,
+    JobChanged,
+    QueueChanged,
+    QueueSnapshot,
+    StepProgress,
+)
 
 if TYPE_CHECKING:  # the worker module loads when workers start, after the first frame
     from concurrent.futures import Future
 
+    from sd3desk.core.outputs import OutputPlan
     from sd3desk.runtime.worker import JobCancelled, JobFailed, JobFinished, JobStarted, Worker
 
 log = logging.getLogger(__name__)
@@ -49,15 +60,22 @@ def command(method: Callable[P, R]) -> Callable[P, R]:
     raised: a caller that retries never makes the change twice."""
 
     @functools.wraps(method)
+    def typed(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:  # (a full disk, say): words, not a database error
+            raise written_not(exc) from exc
+
+    @functools.wraps(method)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
         runner = args[0]
         assert isinstance(runner, Runner)
         if threading.get_ident() == runner._owner:
-            return method(*args, **kwargs)
+            return typed(*args, **kwargs)
         from concurrent import futures  # (not at the top: startup does not need it)
 
         future: Future = futures.Future()
-        runner._invoke.emit(_Call(future, functools.partial(method, *args, **kwargs)))
+        runner._invoke.emit(_Call(future, functools.partial(typed, *args, **kwargs)))
         try:
             return future.result(timeout=COMMAND_TIMEOUT_S)
         except futures.TimeoutError:  # (not the builtin one before Python 3.11)
@@ -68,6 +86,23 @@ def command(method: Callable[P, R]) -> Callable[P, R]:
             return future.result()  # started meanwhile: commands are short, its result comes
 
     return call
+
+
+def guarded(slot: Callable[..., None]) -> Callable[..., None]:
+    """A runner slot whose database writes may fail (a full disk): the runner then stops
+    handing out jobs and says why (`broken`), instead of raising into Qt's event loop and
+    leaving the queue half-updated. What was committed stays; the next start recovers."""
+
+    @functools.wraps(slot)
+    def run(self: Runner, *args: Any) -> None:
+        if self._broken is not None:
+            return
+        try:
+            slot(self, *args)
+        except sqlite3.Error as exc:
+            self._break(written_not(exc))
+
+    return run
 
 
 class Runner(QObject):
@@ -89,11 +124,15 @@ class Runner(QObject):
     step_progressed = Signal(object)  # StepProgress
     engine_state_changed = Signal(object)  # EngineState, from any worker
     idle = Signal()  # workers attached, nothing running and nothing they may take
+    broken = Signal(object)  # StoreError: the queue cannot be written; nothing runs any more
     _invoke = Signal(object)  # a _Call from another thread
 
-    def __init__(self, queue: JobQueue, done_kept: int = DONE_KEPT) -> None:
+    def __init__(
+        self, queue: JobQueue, outputs: OutputPlan | None = None, done_kept: int = DONE_KEPT
+    ) -> None:
         super().__init__()
         self._queue = queue
+        self._outputs = outputs  # names each job's images when it is handed out
         self._owner = threading.get_ident()
         self._invoke.connect(self._on_invoke, Qt.ConnectionType.QueuedConnection)
         self.workers: list[Worker] = []
@@ -106,6 +145,8 @@ class Runner(QObject):
         # job id -> (when its first step ended, its timing key, its batch size)
         self._first_step: dict[int, tuple[float, str, int]] = {}
         self._wanted_model = ""  # the last preload asked for, also before workers exist
+        self._loading = ""  # the model a worker is loading now (stored: a crash then is its)
+        self._broken: StoreError | None = None
         # 1. the queue's active part, read once; from now on only this runner changes it
         self._running: dict[int, Job] = {job.id: job for job in queue.running()}
         self._waiting: list[Job] = queue.queued()
@@ -253,6 +294,10 @@ class Runner(QObject):
         it; before workers exist, as soon as they do. Skipped while jobs run (they load what
         they need)."""
         self._wanted_model = reference
+        if self._queue.load_crashes(reference) >= CRASH_LIMIT:
+            # loading it stopped the app before: only a job the user resumes loads it again
+            log.warning("not preloading %s: the app stopped while loading it", reference)
+            return
         if reference and self.workers and not self._busy:
             self.workers[0].preload(reference)
 
@@ -267,7 +312,7 @@ class Runner(QObject):
             worker.job_finished.connect(self._on_worker_job_finished)
             worker.job_failed.connect(self._on_worker_job_failed)
             worker.job_cancelled.connect(self._on_worker_job_cancelled)
-            worker.engine_state_changed.connect(self.engine_state_changed)
+            worker.engine_state_changed.connect(self._on_worker_engine_state_changed)
             worker.start()
         self._outside.start()
         if self._wanted_model and not self.next_job():
@@ -282,9 +327,14 @@ class Runner(QObject):
         for worker in self.workers:
             worker.stop()
         QCoreApplication.sendPostedEvents(self)
-        for job_id in list(self._busy.values()):
-            if job_id in self._running:
-                self._put_back(job_id)
+        try:
+            for job_id in list(self._busy.values()):
+                if job_id in self._running and self._broken is None:
+                    self._put_back(job_id)
+            if self._broken is None:
+                self._load_ended(ok=False)  # a load cut short by quitting is no crash
+        except sqlite3.Error as exc:  # they stay running in the database: the next start
+            log.warning("could not put the running jobs back: %s", exc)  # recovers them
         self._busy.clear()
 
     def next_job(self) -> Job | None:
@@ -305,6 +355,7 @@ class Runner(QObject):
                 raise
 
     @Slot()
+    @guarded
     def _on_outside_timeout(self) -> None:
         """Another process committed: take the waiting jobs and the pause state it left (jobs
         this runner runs stay its own)."""
@@ -344,6 +395,7 @@ class Runner(QObject):
         self._publish()
         self.job_changed.emit(JobChanged(job, previous))
 
+    @guarded
     def _dispatch(self) -> None:
         """Give each idle worker the next waiting job."""
         for worker in self.workers if not self._halted else ():
@@ -352,13 +404,38 @@ class Runner(QObject):
             job = self.next_job()
             if job is None:
                 break
-            job = self._queue.mark_running(job.id)  # the database first, then the mirror
+            from sd3desk.runtime.worker import Assignment  # (loaded with the workers)
+
+            job = self._queue.mark_running(job.id, self._plan(job))  # the database first
             self._waiting.pop(0)
             self._busy[worker.index] = job.id
             self._announce(job, JobState.queued)
-            worker.submitted.emit(job)
+            worker.submitted.emit(Assignment(job, self._queue.uid))
         if self.workers and not self._busy:
             self.idle.emit()
+
+    def _break(self, error: StoreError) -> None:
+        """The database cannot be written: stop the running jobs (what they saved is found
+        again at the next start) and hand out nothing more."""
+        log.error("the queue database cannot be written: %s", error.message)
+        self._broken = error
+        self._halted = True
+        self._outside.stop()
+        for worker in self.workers:
+            worker.cancel(None)
+        self.broken.emit(error)
+
+    def _plan(self, job: Job) -> tuple[str, ...]:
+        """Where the job's images will land (a job put back keeps the names it had)."""
+        if self._outputs is None or job.planned:
+            return job.planned
+        params = job.params
+        return self._outputs.names([params.for_image(k).seed for k in range(params.batch_size)])
+
+    def _load_ended(self, ok: bool) -> None:
+        if self._loading:
+            self._queue.loaded(self._loading, ok)
+            self._loading = ""
 
     def _put_back(self, job_id: int) -> None:
         job = self._queue.requeue_front(job_id, STOPPED_NOTE)
@@ -379,6 +456,22 @@ class Runner(QObject):
         self._dispatch()
 
     @Slot(object)
+    @guarded
+    def _on_worker_engine_state_changed(self, state: EngineState) -> None:
+        """Keep in the database what a crash now would be blamed on: a model while it loads,
+        the job once it generates."""
+        if state.status is EngineStatus.loading and state.model and state.model != self._loading:
+            self._loading = state.model
+            self._queue.loading(state.model)
+        elif state.status in (EngineStatus.ready, EngineStatus.failed):
+            self._load_ended(ok=state.status is EngineStatus.ready)
+        elif state.status is EngineStatus.generating and state.job_id in self._running:
+            self._load_ended(ok=True)
+            self._running[state.job_id] = self._queue.mark_generating(state.job_id)
+        self.engine_state_changed.emit(state)
+
+    @Slot(object)
+    @guarded
     def _on_worker_job_started(self, event: JobStarted) -> None:
         self._progress[event.job_id] = 0
 
@@ -402,6 +495,7 @@ class Runner(QObject):
         self.step_progressed.emit(event)
 
     @Slot(object)
+    @guarded
     def _on_worker_job_finished(self, event: JobFinished) -> None:
         job = self._queue.mark_finished(event.job_id, list(event.outputs))
         if event.seconds_per_step > 0:
@@ -410,11 +504,18 @@ class Runner(QObject):
         self._ended(event.job_id, job)
 
     @Slot(object)
+    @guarded
     def _on_worker_job_failed(self, event: JobFailed) -> None:
+        self._load_ended(ok=False)  # a load that raised (no crash)
         job = self._queue.mark_failed(event.job_id, event.kind, event.message, event.advice)
+        if event.kind is FailureKind.storage:
+            # the next jobs would fail the same way: they wait until the user resumes
+            self._queue.set_paused(True)
+            self._paused = True
         self._ended(event.job_id, job)
 
     @Slot(object)
+    @guarded
     def _on_worker_job_cancelled(self, event: JobCancelled) -> None:
         if event.job_id in self._requeue:
             self._requeue.discard(event.job_id)

@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from sd3desk.core import failpoints
 from sd3desk.core.errors import (
     GenerationCancelled,
     InvalidParamsError,
     ModelError,
     OutOfMemoryError,
     SD3DeskError,
+    StorageError,
 )
 from sd3desk.core.jobs import FailureKind, Job
+from sd3desk.core.metadata import JobRef
 from sd3desk.core.settings import Device, MemoryPlan, test_model_dir
 from sd3desk.runtime.events import EngineState, EngineStatus, StepProgress
 
@@ -32,6 +35,18 @@ if TYPE_CHECKING:
     from sd3desk.inference.engine import Engine
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A job handed to a worker, with the id of the queue it belongs to (written into its
+    images, see `JobRef`)."""
+
+    job: Job
+    queue: str
+
+    def ref(self, image: int) -> JobRef:
+        return JobRef(self.queue, self.job.id, image)
 
 
 # What a worker reports to the runner (front doors hear the runner's events instead).
@@ -233,7 +248,8 @@ class Worker(QObject):
         )
 
     @Slot(object)
-    def _run(self, job: Job) -> None:
+    def _run(self, assignment: Assignment) -> None:
+        job = assignment.job
         cancel = threading.Event()
         with self._lock:
             if job.id in self._cancel_before_start:
@@ -243,7 +259,7 @@ class Worker(QObject):
             self._current = (job.id, cancel)
         self.job_started.emit(JobStarted(job.id, self.index))
         try:
-            self.job_finished.emit(self._generate(job, cancel))
+            self.job_finished.emit(self._generate(assignment, cancel))
         except GenerationCancelled as exc:
             self.job_cancelled.emit(JobCancelled(job.id, exc.step))
         except Exception as exc:
@@ -255,10 +271,8 @@ class Worker(QObject):
             with self._lock:
                 self._current = None
 
-    def _generate(self, job: Job, cancel: threading.Event) -> JobFinished:
-        from sd3desk.core.metadata import ImageMetadata
-        from sd3desk.core.outputs import save_generated
-
+    def _generate(self, assignment: Assignment, cancel: threading.Event) -> JobFinished:
+        job = assignment.job
         # 1-2. the engine and the job's model
         engine = self._ensure_model(job.params.model)
         if cancel.is_set():
@@ -284,14 +298,65 @@ class Worker(QObject):
             )
 
         result = engine.generate(job.params, on_step=on_step, cancel=cancel)
-        # 4. save each image atomically with its own parameters inside
-        outputs = tuple(
-            str(save_generated(image, ImageMetadata(params, result.model), self.config.out_dir))
-            for image, params in zip(result.images, result.params, strict=True)
-        )
+        # 4. save each image atomically with its own parameters inside, under its planned name
+        outputs = self._save(assignment, result)
         self._ready()
         per_step = result.timings.get("denoise_s", 0.0) / max(job.params.steps, 1)
         return JobFinished(job.id, outputs, per_step, dict(result.timings))
+
+    def _save(self, assignment: Assignment, result: Any) -> tuple[str, ...]:
+        """Each image atomically, with its parameters and its job inside, as planned (an image
+        an interrupted run of this job saved already is kept); a full or read-only disk is a
+        StorageError that says where and how much."""
+        from sd3desk.core.metadata import ImageMetadata
+        from sd3desk.core.outputs import save_generated
+
+        planned = assignment.job.planned
+        outputs: list[str] = []
+        for k, (image, params) in enumerate(zip(result.images, result.params, strict=True)):
+            meta = ImageMetadata(params, result.model, job=assignment.ref(k))
+            target = Path(planned[k]) if k < len(planned) else None
+            try:
+                outputs.append(
+                    str(save_generated(image, meta, self.config.out_dir, planned=target))
+                )
+            except OSError as exc:
+                folder = target.parent if target else self.config.out_dir
+                raise _storage_error(exc, folder, params, len(result.images) - k) from exc
+            failpoints.reached("image-saved")
+        return tuple(outputs)
+
+
+def _storage_error(exc: OSError, folder: Path, params: Any, images: int) -> SD3DeskError:
+    """Words for a failed image write; errors other than a full or read-only disk pass on."""
+    import errno
+    import shutil
+
+    advice = "Free some space or choose another output folder in Settings, then resume the queue."
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f"{_megabytes(shutil.disk_usage(_existing(folder)).free)} free"
+        except OSError:
+            free = "free space unknown"
+        # an upper bound: PNG of 8-bit RGB never needs much more than the raw pixels
+        needed = _megabytes(params.width * params.height * 3 * images)
+        noun = "this image needs" if images == 1 else f"these {images} images need"
+        return StorageError(f"No space left on {folder} ({free}; {noun} ~{needed})", advice)
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason = "read-only" if exc.errno == errno.EROFS else "not writable"
+        return StorageError(f"The output folder {folder} is {reason} ({exc.strerror})", advice)
+    return SD3DeskError(f"the image could not be saved in {folder}: {exc.strerror or exc}", advice)
+
+
+def _megabytes(size: float) -> str:
+    return f"{size / 1e6:.1f} MB" if size < 10e6 else f"{size / 1e6:.0f} MB"
+
+
+def _existing(folder: Path) -> Path:
+    """`folder` or the nearest folder above it that exists (the day folder may not yet)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
 
 
 # under contention a nice-10 thread gets ~1/10 of what a nice-0 one does (weights 110:1024)
@@ -326,6 +391,8 @@ def _failure(job_id: int, exc: Exception) -> JobFailed:
         return JobFailed(job_id, FailureKind.out_of_memory, exc.message, exc.advice)
     if isinstance(exc, ModelError):
         return JobFailed(job_id, FailureKind.model, exc.message, exc.advice)
+    if isinstance(exc, StorageError):
+        return JobFailed(job_id, FailureKind.storage, exc.message, exc.advice)
     if isinstance(exc, InvalidParamsError):
         advice = "fix the settings and queue it again"
         return JobFailed(job_id, FailureKind.invalid, exc.message, advice)

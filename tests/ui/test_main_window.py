@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from sd3desk.app import create_window
 from sd3desk.core.jobs import JobState
 from sd3desk.core.metadata import read_metadata
 from sd3desk.core.settings import Theme, load_settings
+from sd3desk.ui.main_window import MainWindow
 
 OBJECT_NAMES = [
     "promptEdit",
@@ -396,7 +398,8 @@ def test_a_job_failed_by_crash_recovery_is_a_notice_in_the_window(open_window, t
         queue = JobQueue(Store(tmp_path / "sd3desk.db"))
         if not queue.queued():
             queue.enqueue(GenerationParams("a crash", seed=1, model="test"))
-        queue.mark_running(queue.queued()[0].id)
+        job = queue.mark_running(queue.queued()[0].id)
+        queue.mark_generating(job.id)  # (a crash while its model loads is not the job's)
         queue.store.close()
     window = open_window("--data-dir", str(tmp_path), "--model", "test", started=False)
     assert "stopped twice" in window.notice_label.toolTip()
@@ -438,3 +441,50 @@ def test_a_queue_locked_by_another_program_is_said_and_left_alone(qtbot, tmp_pat
         other.close()
     assert said and "locked by another program" in said[0]
     assert not [p for p in tmp_path.iterdir() if ".unreadable-" in p.name]
+
+
+def answer_dialog(reply: str, said: list[str]) -> None:
+    """Once a modal message box is up, note its text and press the button labelled `reply`."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    box = QApplication.activeModalWidget()
+    if not isinstance(box, QMessageBox):
+        QTimer.singleShot(20, lambda: answer_dialog(reply, said))
+        return
+    said.append(f"{box.text()}\n{box.informativeText()}")
+    [button] = [b for b in box.buttons() if b.text().replace("&", "") == reply]
+    button.click()
+
+
+def test_a_second_window_on_a_folder_says_who_runs_it_and_offers_another(
+    open_window, qtbot, tmp_path, monkeypatch
+):
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QFileDialog
+
+    from sd3desk import app
+    from sd3desk.core.errors import ExitCode
+
+    first = open_window("--data-dir", str(tmp_path / "data"), "--model", "test", started=False)
+    said: list[str] = []
+    QTimer.singleShot(0, lambda: answer_dialog("Close", said))
+    assert app.main(["--data-dir", str(tmp_path / "data")]) == ExitCode.busy
+    assert f"is run by the sd3desk window (process {os.getpid()}, since" in said[0]
+    assert "--data-dir" in said[0]
+    # "Use another folder…": the window starts there
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(other))
+    monkeypatch.setattr(QApplication, "exec", lambda self: 0)  # (no event loop in a test)
+    QTimer.singleShot(0, lambda: answer_dialog("Use another folder…", said))
+    assert app.main(["--data-dir", str(tmp_path / "data")]) == ExitCode.ok
+    [second] = [
+        w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w is not first
+    ]
+    try:
+        assert second.session.runtime.paths.data == other
+        assert (other / "queue.lock").exists() and (other / "sd3desk.db").exists()
+    finally:
+        second.session.shutdown()
+        second.close()

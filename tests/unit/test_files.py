@@ -6,14 +6,17 @@ import datetime as dt
 import hashlib
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from sd3desk.core.atomic import atomic_write_bytes, write_new_file
-from sd3desk.core.metadata import ImageMetadata, read_metadata
+from sd3desk.core.atomic import atomic_write, atomic_write_bytes, sweep_temp_files, write_new_file
+from sd3desk.core.metadata import ImageMetadata, JobRef, read_metadata
 from sd3desk.core.modelhash import model_hash
-from sd3desk.core.outputs import next_sequence, save_generated
+from sd3desk.core.outputs import OutputPlan, next_sequence, save_generated, saved_by
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.settings import (
     AppPaths,
@@ -121,16 +124,89 @@ def test_model_hash_reuses_hugging_face_blob_names(tmp_path):
     assert model_hash([link]) == "ab" * 5
 
 
-def test_stale_temp_files_from_a_killed_process_are_swept(tmp_path):
+def test_temp_files_of_dead_processes_are_swept_and_writes_in_progress_kept(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(dead.stdout)  # a process that has ended
+    alive = os.getppid()
     day = tmp_path / "2026-11-26"
     day.mkdir()
-    old = day / ".00003-7.png.abc123.tmp"
-    fresh = day / ".00004-7.png.def456.tmp"
+    by_the_dead = day / f".00003-7.png.{dead_pid}-abc123.tmp"
+    in_progress = day / f".00004-7.png.{alive}-def456.tmp"
+    ours = day / f".00005-7.png.{os.getpid()}-ghi789.tmp"
+    old_style_old = day / ".00006-7.png.abc123.tmp"  # (before writers named themselves)
+    old_style_new = day / ".00007-7.png.def456.tmp"
+    old_but_alive = tmp_path / f".settings.json.{alive}-zzz.tmp"  # a reused process id
     image = day / "00002-7.png"
-    for path in (old, fresh, image):
+    for path in (
+        by_the_dead,
+        in_progress,
+        ours,
+        old_style_old,
+        old_style_new,
+        old_but_alive,
+        image,
+    ):
         path.write_bytes(b"x")
-    os.utime(old, (1, 1))
-    from sd3desk.core.outputs import sweep_stale_temp_files
+    for path in (old_style_old, old_but_alive):
+        os.utime(path, (1, 1))
+    fifo = day / f".00008-7.png.{dead_pid}-fifo.tmp"
+    os.mkfifo(fifo)  # not a regular file: left alone, never opened
 
-    assert sweep_stale_temp_files(tmp_path) == 1
-    assert sorted(p.name for p in day.iterdir()) == sorted([fresh.name, image.name])
+    assert sweep_temp_files([tmp_path, day]) == 3
+    assert sorted(p.name for p in day.iterdir()) == sorted(
+        p.name for p in (in_progress, ours, old_style_new, image, fifo)
+    )
+    assert not old_but_alive.exists()
+
+
+def test_a_temporary_file_names_its_writer(tmp_path):
+    names = []
+
+    def write(handle):
+        names.extend(p.name for p in tmp_path.iterdir())
+        handle.write(b"data")
+
+    atomic_write(tmp_path / "settings.json", write)
+    assert names == [names[0]] and names[0].startswith(f".settings.json.{os.getpid()}-")
+    assert [p.name for p in tmp_path.iterdir()] == ["settings.json"]
+
+
+def test_planned_names_follow_the_folder_and_never_repeat_before_a_write(tmp_path):
+    day = tmp_path / "2026-11-26"
+    day.mkdir()
+    (day / "00041-9.png").write_bytes(b"")  # written by an earlier run or another program
+    plan = OutputPlan(tmp_path, clock=lambda: NOW)
+    first = plan.names([7, 8])
+    second = plan.names([5])  # planned before either image of the first job exists
+    assert [Path(p).name for p in (*first, *second)] == [
+        "00042-7.png",
+        "00043-8.png",
+        "00044-5.png",
+    ]
+    assert all(Path(p).parent == day for p in (*first, *second))
+
+
+def test_a_planned_image_saved_before_a_crash_is_kept_and_a_foreign_one_never_overwritten(
+    tmp_path,
+):
+    image = Image.new("RGB", (8, 8), "red")
+    params = GenerationParams("a fox", seed=7, steps=2, width=8, height=8)
+    planned = tmp_path / "2026-11-26" / "00042-7.png"
+    ref = JobRef("queue-a", 42, 0)
+    saved = save_generated(image, ImageMetadata(params, job=ref), tmp_path, planned=planned)
+    assert saved == planned and saved_by(planned, ref) and read_metadata(planned).job == ref
+    stamp = planned.stat().st_mtime_ns
+    # the same job again (it was interrupted after saving): the file is kept as it is
+    again = save_generated(image, ImageMetadata(params, job=ref), tmp_path, planned=planned)
+    assert again == planned and planned.stat().st_mtime_ns == stamp
+    # another queue's job 42 (ids of two queues) or a file of another program: a new name
+    other = JobRef("queue-b", 42, 0)
+    assert not saved_by(planned, other)
+    moved = save_generated(image, ImageMetadata(params, job=other), tmp_path, planned=planned)
+    assert moved != planned and moved.parent == planned.parent and saved_by(moved, other)
+    assert saved_by(planned, ref)  # untouched

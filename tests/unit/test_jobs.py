@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -99,11 +100,14 @@ def test_a_crash_puts_the_running_job_back_in_front_and_twice_fails_it(db_path):
     queue = open_queue(db_path)
     a, b, c = (queue.enqueue(P) for _ in range(3))
     queue.mark_running(b.id)
+    queue.mark_generating(b.id)
     # The process dies here. The next start:
     after = open_queue(db_path)
     assert ids(after.queued()) == [b.id, a.id, c.id]
     assert after.get(b.id).note.startswith("interrupted") and after.get(b.id).crashes == 1
+    assert not after.get(b.id).generating
     after.mark_running(b.id)
+    after.mark_generating(b.id)
     again = open_queue(db_path)  # second stop during the same job
     assert again.get(b.id).state is JobState.failed
     assert again.get(b.id).crashes == CRASH_LIMIT
@@ -111,6 +115,63 @@ def test_a_crash_puts_the_running_job_back_in_front_and_twice_fails_it(db_path):
     assert ids(again.queued()) == [a.id, c.id]
     assert [(j.id, j.error_kind) for j in again.recovered] == [(b.id, FailureKind.crash)]
     assert ids(after.recovered) == [b.id] and after.recovered[0].state is JobState.queued
+
+
+def test_crashes_while_the_model_loads_count_against_the_model_not_the_job(db_path):
+    queue = open_queue(db_path)
+    job = queue.enqueue(P)
+    for times in range(1, CRASH_LIMIT + 1):
+        queue.mark_running(job.id)
+        queue.loading("big-model")  # the process dies while the model loads:
+        queue = open_queue(db_path)
+        assert queue.get(job.id).state is JobState.queued and queue.get(job.id).crashes == 0
+        assert "while its model loaded" in queue.get(job.id).note
+        assert queue.load_crash is not None and queue.load_crash.model == "big-model"
+        assert queue.load_crash.times == times == queue.load_crashes("big-model")
+        # the second time, the queue is paused: otherwise every start would crash the same way
+        assert queue.paused is queue.load_crash.paused is (times >= CRASH_LIMIT)
+    # a load that works starts the count over
+    queue.loading("big-model")
+    queue.loaded("big-model", ok=True)
+    assert open_queue(db_path).load_crash is None and queue.load_crashes("big-model") == 0
+
+
+def test_a_job_whose_images_were_saved_before_the_crash_is_finished_not_run_again(
+    db_path, tmp_path
+):
+    from PIL import Image
+
+    from sd3desk.core.metadata import ImageMetadata
+    from sd3desk.core.outputs import save_generated
+
+    queue = open_queue(db_path)
+    done, half = queue.enqueue(P.replace(batch_size=2)), queue.enqueue(P.replace(batch_size=2))
+    names = {
+        j.id: [str(tmp_path / "out" / f"{j.id}-{k}.png") for k in range(2)] for j in (done, half)
+    }
+    for job, saved in ((done, 2), (half, 1)):
+        job = queue.mark_running(job.id, names[job.id])
+        queue.mark_generating(job.id)
+        for k in range(saved):
+            meta = ImageMetadata(P.for_image(k), job=queue.job_ref(job, k))
+            save_generated(Image.new("RGB", (8, 8)), meta, tmp_path, planned=Path(names[job.id][k]))
+    # the process dies before it marks either job finished
+    after = open_queue(db_path)
+    finished = after.get(done.id)
+    assert finished.state is JobState.finished and list(finished.outputs) == names[done.id]
+    assert finished.crashes == 0 and "saved" in finished.note
+    # the other saved one of its two images: it runs again, keeping the names it had
+    again = after.get(half.id)
+    assert again.state is JobState.queued and list(again.planned) == names[half.id]
+    assert list(after.mark_running(half.id, ["elsewhere.png"]).planned) == names[half.id]
+    # the same job id in another queue (another data folder, or a queue started afresh) with
+    # the same names: those images are not its own
+    other = open_queue(tmp_path / "other.db")
+    twin = other.enqueue(P.replace(batch_size=2))
+    assert twin.id == done.id and other.uid != after.uid
+    other.mark_running(twin.id, names[done.id])
+    other.mark_generating(twin.id)
+    assert open_queue(tmp_path / "other.db").get(twin.id).state is JobState.queued
 
 
 def test_a_corrupt_database_is_moved_aside_not_deleted(db_path):
