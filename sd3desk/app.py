@@ -8,6 +8,7 @@ is up, so the window shows in well under a second.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -156,7 +157,14 @@ def main(argv: Sequence[str] | argparse.Namespace | None = None) -> int:
         _exit_when_exposed(window)
     app = QApplication.instance()
     assert app is not None
-    return app.exec() or ExitCode.ok
+    code = app.exec() or ExitCode.ok
+    if window.session.stuck:
+        # A worker is inside a call nothing can interrupt (importing torch, loading weights).
+        # Its job is back in the queue, the form and the queue are saved and the folder's lock
+        # is released: end the process now rather than keep it alive, windowless, for seconds.
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def start_failure_dialog(exc: StoreError | FolderBusyError) -> Any:

@@ -9,8 +9,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
+import sqlite3
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +22,18 @@ from typing import Any
 
 from sd3desk.core.atomic import atomic_write_bytes
 from sd3desk.core.errors import MetadataError
+from sd3desk.core.files import check_regular, open_regular
 from sd3desk.core.metadata import read_metadata
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.store import Store
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SQLITE_INT_MAX = 2**63 - 1
+# The most memory a thumbnail's decoded bitmap may take: 40 megapixels of RGBA (an 8K image
+# decodes; a "decompression bomb" PNG of 100,000 x 100,000 tiny on disk is refused)
+THUMBNAIL_DECODE_MAX = 160 * 2**20
 BATCH = 500  # rows per transaction while scanning
 _COLUMNS = (
     "id, path, created, prompt, negative_prompt, seed, width, height, model_name, model_hash, "
@@ -71,10 +82,13 @@ def _iter_images(folder: Path) -> Iterator[os.DirEntry]:
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir(follow_symlinks=False):
-            yield from _iter_images(Path(entry.path))
-        elif entry.name.lower().endswith(IMAGE_SUFFIXES):
-            yield entry
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _iter_images(Path(entry.path))
+            elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
+                yield entry  # (a FIFO, socket or device named .png is never opened)
+        except OSError:
+            continue
 
 
 def _fts_query(text: str) -> str:
@@ -102,6 +116,9 @@ class GalleryIndex:
             meta = read_metadata(path, fast=True)
         except MetadataError:
             meta = None
+        except Exception:  # a reader's bug must not stop the scan: the file shows unreadable
+            log.exception("reading the parameters of %s failed", path)
+            meta = None
         if meta is None:
             values = (
                 path,
@@ -119,7 +136,7 @@ class GalleryIndex:
                 "none",
             )
             return values, False
-        p = meta.params
+        p, missing = meta.params, meta.missing
         values = (
             path,
             stat.st_mtime_ns,
@@ -127,12 +144,12 @@ class GalleryIndex:
             stat.st_mtime,
             p.prompt,
             p.negative_prompt,
-            p.seed,
-            p.width,
-            p.height,
+            p.seed if p.seed is None or p.seed <= SQLITE_INT_MAX else None,  # (64-bit seeds)
+            None if "width" in missing else p.width,
+            None if "height" in missing else p.height,
             meta.model.name,
             meta.model.hash,
-            json.dumps(p.to_dict()),
+            json.dumps({k: v for k, v in p.to_dict().items() if k not in missing}),
             meta.source,
         )
         return values, True
@@ -194,11 +211,22 @@ class GalleryIndex:
         return ScanResult(added, updated, len(gone), unreadable)
 
     def _commit(self, pending: list[tuple]) -> None:
-        if pending:
-            self.db.execute("BEGIN")
+        """Write a batch in one transaction. A row the database refuses is written without its
+        parameters instead, so one odd file never keeps a batch out of the index."""
+        if not pending:
+            return
+        self.db.execute("BEGIN")
+        try:
             self._upsert(pending)
-            self.db.execute("COMMIT")
-            pending.clear()
+        except (sqlite3.InterfaceError, sqlite3.DataError, OverflowError, ValueError):
+            for row in pending:
+                try:
+                    self._upsert([row])
+                except (sqlite3.InterfaceError, sqlite3.DataError, OverflowError, ValueError):
+                    log.warning("indexing %s without parameters: the index refused them", row[0])
+                    self._upsert([(*row[:4], "", "", None, None, None, "", "", "{}", "none")])
+        self.db.execute("COMMIT")
+        pending.clear()
 
     def forget(self, paths: list[str]) -> None:
         """Drop rows (after the files were moved to the trash)."""
@@ -295,27 +323,74 @@ def thumbnail_path(cache_dir: Path, image: Path | str, mtime_ns: int, size: int 
     return Path(cache_dir) / "thumbnails" / key[:2] / f"{key[2:]}.webp"
 
 
+class ThumbnailError(ValueError):
+    """An image no thumbnail can be made of (damaged, or not an image Pillow decodes)."""
+
+
+class ImageTooLargeError(ThumbnailError):
+    """An image whose bitmap would take more memory than a thumbnail may."""
+
+
+# What Pillow raises on damaged files, besides OSError (truncated data, bad headers)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error)
+
+
 def make_thumbnail(image: Path | str, cache_dir: Path, size: int = 256) -> Path:
-    """The cached thumbnail of `image`, made now if missing. Call it off the GUI thread."""
+    """The cached thumbnail of `image`, made now if missing. Call it off the GUI thread.
+
+    Only the header is read before deciding: JPEGs decode at a reduced scale (draft), and any
+    image whose decoded bitmap would pass THUMBNAIL_DECODE_MAX is refused (ImageTooLargeError)
+    instead of decoded, however small its file (a "decompression bomb"). A damaged image is a
+    ThumbnailError; a file that is gone or not a regular file, an OSError."""
     image = Path(image)
-    target = thumbnail_path(cache_dir, image, image.stat().st_mtime_ns, size)
+    target = thumbnail_path(cache_dir, image, check_regular(image).st_mtime_ns, size)
     if target.exists():
         return target
+    import warnings
+
     from PIL import Image
 
-    with Image.open(image) as source:
-        source.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
-        source.thumbnail((size, size))
-        buffer = io.BytesIO()
-        source.convert("RGB").save(buffer, format="WEBP", quality=80)
+    with open_regular(image) as handle, warnings.catch_warnings():
+        # (our budget is below Pillow's warning level; larger images are refused below)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            source = Image.open(handle)
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(f"{image.name}: {exc}") from exc
+        except _DECODE_ERRORS as exc:
+            raise ThumbnailError(f"{image.name} is not an image Pillow can read: {exc}") from exc
+        with source:
+            source.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+            width, height = source.size
+            needed = width * height * _bytes_per_pixel(source.mode)
+            if needed > THUMBNAIL_DECODE_MAX:
+                raise ImageTooLargeError(
+                    f"{image.name} is {width}x{height} pixels ({needed // 2**20} MB decoded); "
+                    f"thumbnails are made of images up to {THUMBNAIL_DECODE_MAX // 2**20} MB"
+                )
+            try:
+                source.thumbnail((size, size))
+                buffer = io.BytesIO()
+                source.convert("RGB").save(buffer, format="WEBP", quality=80)
+            except _DECODE_ERRORS as exc:
+                raise ThumbnailError(f"{image.name} is damaged: {exc}") from exc
     atomic_write_bytes(target, buffer.getvalue())
     return target
 
 
+def _bytes_per_pixel(mode: str) -> int:
+    """What Pillow keeps per pixel in memory: one byte for 1/L/P, two for 16-bit grey, four
+    for everything else (it stores RGB in 32-bit pixels, like RGBA, I and F)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
 def export_image(source: Path | str, target: Path | str) -> Path:
     """Save `source` as PNG, JPEG or WebP (by the target's suffix), keeping its parameters:
-    PNG text chunks for PNG, EXIF UserComment (A1111 text) for JPEG and WebP."""
-    from sd3desk.core.metadata import a1111_text, exif_with_comment, png_info
+    PNG text chunks for PNG; for JPEG and WebP, A1111's text in EXIF UserComment and our
+    record in XMP (see metadata.writing)."""
+    from sd3desk.core.metadata import export_fields, png_info
 
     source, target = Path(source), Path(target)
     formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -334,8 +409,7 @@ def export_image(source: Path | str, target: Path | str) -> Path:
         if kind == "PNG":
             rgb.save(buffer, format=kind, pnginfo=png_info(meta) if meta else None)
         else:
-            # An Exif holding only a sub-IFD is empty (falsy) as a mapping: test for None.
-            extra = {"exif": exif_with_comment(a1111_text(meta))} if meta is not None else {}
+            extra = export_fields(meta, kind) if meta is not None else {}
             rgb.save(buffer, format=kind, quality=95, **extra)
     atomic_write_bytes(target, buffer.getvalue())
     return target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -11,6 +12,9 @@ from typing import Any
 from sd3desk.core.errors import FieldError, InvalidParamsError
 
 SEED_MAX = 2**32 - 1
+# What a file may say a seed was (ComfyUI's seeds run to 2**64 - 1); sd3desk makes 0..SEED_MAX
+FOREIGN_SEED_MAX = 2**64 - 1
+COUNT_MAX = 2**63 - 1  # the most any other whole-number field may read as (what SQLite holds)
 SIZE_MIN, SIZE_MAX, SIZE_MULTIPLE = 256, 2048, 16
 STEPS_MIN, STEPS_MAX = 1, 150
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
@@ -169,8 +173,9 @@ class GenerationParams:
                 continue
             try:
                 values[key] = _coerce(key, value)
-            except (TypeError, ValueError):
-                errors.append(FieldError(key, f"{value!r} is not a valid value"))
+            except (TypeError, ValueError, OverflowError) as exc:
+                reason = exc.args[0] if isinstance(exc, _OutOfRange) else "is not a valid value"
+                errors.append(FieldError(key, f"{_shown(value)} {reason}"))
         if "prompt" not in values:
             values["prompt"] = ""
         if errors:
@@ -183,22 +188,45 @@ _FLOAT_FIELDS = {"guidance_scale", "shift"}
 _STR_FIELDS = {"prompt", "negative_prompt", "model"}
 
 
+class _OutOfRange(ValueError):
+    """A number that parses but that no field could hold (its message says the range)."""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _coerce(key: str, value: Any) -> Any:
+    """`value` as the type of field `key`: every number finite and within what the field can
+    hold (a file may say anything; SQLite holds 64-bit integers, the UI 32-bit ones)."""
     if isinstance(value, bool):
         raise TypeError(key)
     if key == "seed":
-        return None if value is None else int(value)
+        return None if value is None else _whole(value, FOREIGN_SEED_MAX)
     if key in _INT_FIELDS:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(key)
-        return int(value)
+        return _whole(value, COUNT_MAX)
     if key in _FLOAT_FIELDS:
-        return float(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise _OutOfRange("is not a finite number")
+        return number
     if key in _STR_FIELDS:
         if not isinstance(value, str):
             raise TypeError(key)
         return value
     raise KeyError(key)
+
+
+def _whole(value: Any, top: int) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("not whole")
+    if isinstance(value, str) and len(value) > 40:  # int() of a long digit string is slow
+        raise _OutOfRange(f"must be between 0 and {top}")
+    number = int(value)  # OverflowError for inf, ValueError for NaN and text
+    if not 0 <= number <= top:
+        raise _OutOfRange(f"must be between 0 and {top}")
+    return number
 
 
 def defaults_for(family: ModelFamily, prompt: str = "", model: str = "") -> GenerationParams:
@@ -212,6 +240,25 @@ def defaults_for(family: ModelFamily, prompt: str = "", model: str = "") -> Gene
         width=d.size,
         height=d.size,
         model=model,
+    )
+
+
+# C0 and C1 control characters except tab, newline and carriage return, and lone UTF-16 halves
+# (what undecodable bytes in a command line become, or a "\ud800" in JSON): a tokenizer would
+# fail on them far from where they came from
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _unprintable(found: re.Match[str]) -> str:
+    char, where = found.group(), found.start() + 1
+    if "\ud800" <= char <= "\udfff":
+        return (
+            f"holds text that is not valid Unicode (a lone surrogate U+{ord(char):04X} at "
+            f"character {where}); check the file's or terminal's encoding"
+        )
+    return (
+        f"holds a control character U+{ord(char):04X} at character {where}; only newlines "
+        "and tabs are allowed"
     )
 
 
@@ -243,6 +290,8 @@ def validate(params: GenerationParams, max_side: int | None = None) -> list[Fiel
             errors.append(
                 FieldError(name, f"is {len(text)} characters; at most {PROMPT_CHARS_MAX}")
             )
+        elif found := _UNPRINTABLE.search(text):
+            errors.append(FieldError(name, _unprintable(found)))
     if params.seed is not None and (not _is_int(params.seed) or not 0 <= params.seed <= SEED_MAX):
         errors.append(FieldError("seed", f"must be between 0 and {SEED_MAX} (got {params.seed!r})"))
     top = SIZE_MAX if max_side is None else min(SIZE_MAX, max_side)

@@ -109,7 +109,7 @@ def _load_folder(
     from transformers import CLIPTokenizer
 
     T5TokenizerFast = t5_tokenizer_class()
-    notices = []
+    notices = list(source.notices)
     if use_t5 and not source.has_t5:
         use_t5 = False
         notices.append(f"{source.name} has no T5 encoder; " + NO_T5_NOTICE)
@@ -124,13 +124,20 @@ def _load_folder(
         )
     report_stage(on_stage, 1, "Loading tokenizers")
     parts: dict[str, Any] = {
-        "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-        "tokenizer_2": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"),
-        "tokenizer_3": T5TokenizerFast.from_pretrained(folder, subfolder="tokenizer_3")
-        if use_t5
-        else None,
-        "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+        name: _component(
+            folder,
+            name,
+            lambda c=cls, n=name: c.from_pretrained(folder, subfolder=n, local_files_only=True),
+        )
+        for name, cls in (
+            ("tokenizer", CLIPTokenizer),
+            ("tokenizer_2", CLIPTokenizer),
+            ("tokenizer_3", T5TokenizerFast),
+            ("scheduler", FlowMatchEulerDiscreteScheduler),
+        )
+        if use_t5 or name != "tokenizer_3"
     }
+    parts.setdefault("tokenizer_3", None)
     for part in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         parts[part] = (
             _encoder(folder, part, dtype, on_stage) if use_t5 or part != "text_encoder_3" else None

@@ -7,6 +7,7 @@ list and check models instantly.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -15,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from sd3desk.core.errors import ModelError, RefusedFormatError
+from sd3desk.core.files import NotRegularFileError, check_regular, describe_kind, open_regular
 from sd3desk.core.params import FAMILY_DEFAULTS, SD3_PIPELINE, ModelFamily
 from sd3desk.inference.checkpoint_layout import MMDIT_PREFIX
 from sd3desk.inference.testmodel import HEADER_KEY, MARKER_FILE
+
+log = logging.getLogger(__name__)
 
 TEST_MODEL_REFS = ("test", "sd3desk-test")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
@@ -48,6 +52,7 @@ class ModelSource:
     parts: frozenset[str] = frozenset()  # weights present: transformer, vae, text_encoder{,_2,_3}
     component_params: dict[str, int] = field(default_factory=dict, compare=False)
     test_size: str = ""
+    notices: tuple[str, ...] = field(default=(), compare=False)  # said when it is loaded
 
     @property
     def has_t5(self) -> bool:
@@ -89,7 +94,7 @@ def bundled_clip_tokenizer_dir() -> Path:
 def read_safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a .safetensors file (tensor names, dtypes, shapes), no tensor data."""
     try:
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             raw_length = handle.read(8)
             length = int.from_bytes(raw_length, "little") if len(raw_length) == 8 else 0
             if not 2 <= length <= MAX_HEADER_BYTES:
@@ -99,9 +104,11 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
                     path=str(path),
                 )
             header = json.loads(handle.read(length))
+    except NotRegularFileError as exc:
+        raise ModelError(f"{exc.strerror}, not a weights file", path=str(path)) from exc
     except OSError as exc:
         raise ModelError(f"cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ModelError(
             f"{path.name} is damaged: its header is not valid JSON",
             "download the file again",
@@ -203,18 +210,77 @@ def _not_sd3_reason(path: Path, keys: Any) -> str:
 # ------------------------------------------------------------------ diffusers folders
 
 
+CONFIG_BYTES_MAX = 16 * 1024 * 1024  # a model's JSON files are KBs (tokenizer.json: a few MB)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text("utf-8"))
+        with open_regular(path) as handle:
+            raw = handle.read(CONFIG_BYTES_MAX + 1)
+        if len(raw) > CONFIG_BYTES_MAX:
+            raise ModelError(f"{path} is over 16 MB; it is not a model's config", path=str(path))
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ModelError(
             f"{path} is missing", "the model folder is incomplete", str(path)
         ) from None
-    except (OSError, ValueError) as exc:
+    except NotRegularFileError as exc:
+        raise ModelError(f"{exc.strerror}, not a config file", path=str(path)) from exc
+    except (OSError, ValueError, RecursionError) as exc:
         raise ModelError(f"{path} cannot be read: {exc}", path=str(path)) from exc
     if not isinstance(data, dict):
         raise ModelError(f"{path} does not hold a JSON object", path=str(path))
     return data
+
+
+def check_folder_files(folder: Path) -> None:
+    """Refuse a model folder holding anything but files and folders where its files go (a FIFO
+    named like a weight or config would hang whoever opens it)."""
+    for place in (folder, *(p for p in folder.iterdir() if p.is_dir())):
+        for entry in place.iterdir():
+            try:
+                if not entry.is_dir():
+                    check_regular(entry)
+            except NotRegularFileError as exc:
+                raise ModelError(
+                    f"{entry} is {describe_kind(entry)}, not a file",
+                    "a model folder holds only files and folders; remove it or download the "
+                    "model again",
+                    path=str(entry),
+                ) from exc
+            except OSError as exc:  # e.g. a link to nowhere: loading names what is missing
+                log.debug("skipping %s: %s", entry, exc)
+
+
+# Libraries whose classes a model folder may name; anything else is custom code of its own
+_KNOWN_LIBRARIES = ("diffusers", "transformers", None)
+
+
+def custom_code_notices(folder: Path, index: dict[str, Any]) -> tuple[str, ...]:
+    """What a folder asks to run of its own (custom pipeline or component classes, `auto_map`
+    in a config), said to the user: sd3desk never runs it and loads the standard SD3 classes."""
+    named = []
+    if index.get("_class_name") != SD3_PIPELINE or "custom_pipeline" in index:
+        named.append(f"pipeline {index.get('custom_pipeline') or index.get('_class_name')}")
+    for part, entry in index.items():
+        if part.startswith("_") or not isinstance(entry, list) or len(entry) != 2:
+            continue
+        if entry[0] not in _KNOWN_LIBRARIES:
+            named.append(f"{part}: {entry[0]}.{entry[1]}")
+    for config in sorted(folder.glob("*/config.json")) + sorted(
+        folder.glob("*/tokenizer_config.json")
+    ):
+        try:
+            if "auto_map" in _read_json(config):
+                named.append(f"auto_map in {config.parent.name}/{config.name}")
+        except ModelError:
+            continue  # loading that part says what is wrong with it
+    if not named:
+        return ()
+    return (
+        f"{folder.name} names code of its own ({'; '.join(named)}); sd3desk never runs code "
+        "from a model folder and loads it with the standard SD3 classes",
+    )
 
 
 def _folder_params(folder: Path, part: str) -> int:
@@ -241,7 +307,14 @@ def inspect_folder(folder: Path) -> tuple[ModelFamily, frozenset[str], dict[str,
         family = ModelFamily.test
     else:
         config = _read_json(folder / "transformer" / "config.json")
-        hidden = int(config.get("caption_projection_dim", 0))
+        hidden = config.get("caption_projection_dim", 0)
+        if not isinstance(hidden, int) or isinstance(hidden, bool):
+            raise ModelError(
+                f"{folder / 'transformer' / 'config.json'} is damaged: caption_projection_dim "
+                f"is {hidden!r}, not a whole number",
+                "download the model again",
+                path=str(folder / "transformer" / "config.json"),
+            )
         family = (
             ModelFamily.sd35_large
             if hidden == 2432
@@ -251,7 +324,8 @@ def inspect_folder(folder: Path) -> tuple[ModelFamily, frozenset[str], dict[str,
         )
     params = {}
     for part in ("transformer", "vae", *TEXT_PARTS):
-        if (folder / part).is_dir() and index.get(part, [None])[0] is not None:
+        entry = index.get(part)
+        if (folder / part).is_dir() and isinstance(entry, list) and entry and entry[0] is not None:
             params[part] = _folder_params(folder, part)
             if not params[part] and any((folder / part).glob("*.bin")):
                 raise RefusedFormatError(
@@ -314,6 +388,7 @@ def source_from_path(
                 "point at the folder that holds model_index.json, or at a .safetensors file",
                 path=str(path),
             )
+        check_folder_files(path)
         family, parts, params, test_size = inspect_folder(path)
         return ModelSource(
             kind or ModelKind.folder,
@@ -324,6 +399,7 @@ def source_from_path(
             parts,
             params,
             test_size,
+            custom_code_notices(path, _read_json(path / "model_index.json")),
         )
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:

@@ -319,13 +319,18 @@ class Runner(QObject):
             self.preload(self._wanted_model)
         self._dispatch()
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float | None = None) -> bool:
         """Stop the workers, then settle every job they held: their last reports are applied
         (they arrive as queued calls, which no event loop may deliver any more at quit), and a
-        job that never got to report goes back to the front of the queue."""
+        job that never got to report goes back to the front of the queue.
+
+        With `wait_s`, a worker busy in a call that cannot be cut short (importing torch,
+        loading weights) is given that long; False when one is still busy then (its job is
+        back in the queue all the same, so the caller may end the process)."""
         self._halted = True  # the reports applied below must not hand out new jobs
+        stopped = True
         for worker in self.workers:
-            worker.stop()
+            stopped = worker.stop(wait_s) and stopped
         QCoreApplication.sendPostedEvents(self)
         try:
             for job_id in list(self._busy.values()):
@@ -336,6 +341,7 @@ class Runner(QObject):
         except sqlite3.Error as exc:  # they stay running in the database: the next start
             log.warning("could not put the running jobs back: %s", exc)  # recovers them
         self._busy.clear()
+        return stopped
 
     def next_job(self) -> Job | None:
         """The job a free worker would take now, or None (none waiting, or paused)."""

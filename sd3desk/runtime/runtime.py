@@ -166,15 +166,17 @@ class Runtime:
             log.info("removed %d temporary files left by a stopped process", removed)
         return removed
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float | None = None) -> bool:
         """Running jobs go back to the front of the queue; workers stop within a step. The
-        data folder is free for another process afterwards."""
+        data folder is free for another process afterwards. False when a worker was still
+        busy after `wait_s` (see Runner.stop): only ending the process stops it then."""
         if self._stopped:
-            return
+            return True
         self._stopped = True
         self.runner.halt()
-        self.runner.stop()
+        stopped = self.runner.stop(wait_s)
         self._release()
+        return stopped
 
     def apply_settings(self, settings: Settings) -> bool:
         """Take new settings; returns whether the loaded model must be reloaded for them (the

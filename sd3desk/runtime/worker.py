@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QDeadlineTimer, QObject, QThread, Signal, Slot
 
 from sd3desk.core import failpoints
 from sd3desk.core.errors import (
@@ -161,10 +161,14 @@ class Worker(QObject):
         """New settings, applied before the next job (a reload when they change the model)."""
         self.reconfigure_requested.emit(config)
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float | None = None) -> bool:
+        """Cancel, then end the thread once its current call returns; False when that took
+        longer than `wait_s` (an import or a model load cannot be cut short mid-call)."""
         self.cancel(None)
         self.thread_.quit()
-        self.thread_.wait()
+        if wait_s is None:
+            return self.thread_.wait()
+        return self.thread_.wait(QDeadlineTimer(int(wait_s * 1000)))
 
     def cancel(self, job_id: int | None) -> None:
         """Stop the running job (any job when `job_id` is None) within one step. A job handed
@@ -225,6 +229,7 @@ class Worker(QObject):
         loaded = engine.loaded
         if loaded is None or loaded.source.reference != reference:
             source = resolve_model(reference, test_model_dir=test_model_dir(self.config.cache_dir))
+            failpoints.reached("model-load")
             engine.load(
                 source,
                 self.config.memory_plan,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtCore import QEvent, QMimeData, QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
@@ -21,6 +21,7 @@ from sd3desk.core.params import (
     BATCH_MIN,
     GUIDANCE_MAX,
     GUIDANCE_MIN,
+    PROMPT_CHARS_MAX,
     SEED_MAX,
     SHIFT_MAX,
     SHIFT_MIN,
@@ -144,6 +145,29 @@ FIELDS = (
 TITLES = {f.name: f.title for f in FIELDS}
 
 
+class PromptEdit(QPlainTextEdit):
+    """A prompt box that never takes in more than PROMPT_CHARS_MAX characters at once: Qt lays
+    out a long unbroken line in quadratic time (a pasted 1 MB line froze the window for
+    minutes), and no such prompt could run anyway. A paste or drop that would pass the limit
+    is refused, and text set from a file is cut at it; `refused` says how long it was."""
+
+    refused = Signal(int, bool)  # the length the text would have had; True: cut, not refused
+
+    def insertFromMimeData(self, source: QMimeData) -> None:
+        if source.hasText():
+            selected = len(self.textCursor().selectedText())
+            length = len(self.toPlainText()) - selected + len(source.text())
+            if length > PROMPT_CHARS_MAX:
+                self.refused.emit(length, False)
+                return
+        super().insertFromMimeData(source)
+
+    def set_text(self, text: str) -> None:
+        self.setPlainText(text[:PROMPT_CHARS_MAX])
+        if len(text) > PROMPT_CHARS_MAX:  # (after: an edit clears the field's message)
+            self.refused.emit(len(text), True)
+
+
 def make_widget(field: Field) -> QWidget:
     """The widget that edits `field`: a combo box for the model, a text box for the prompts, a
     spin box with the field's range for numbers."""
@@ -155,7 +179,7 @@ def make_widget(field: Field) -> QWidget:
         combo.setToolTip(field.tip)
         return combo
     if field.name in ("prompt", "negative_prompt"):
-        edit = named(QPlainTextEdit(), field.object_name, title)
+        edit = named(PromptEdit(), field.object_name, title)
         edit.setPlaceholderText(field.tip)
         edit.setTabChangesFocus(True)
         return edit
@@ -185,8 +209,8 @@ def read(widget: QWidget) -> Any:
 
 def write(widget: QWidget, value: Any) -> None:
     """Show `value`, brought into a spin box's range (Qt raises on values beyond int32)."""
-    if isinstance(widget, QPlainTextEdit):
-        widget.setPlainText(value)
+    if isinstance(widget, PromptEdit):
+        widget.set_text(value)
     elif isinstance(widget, QSpinBox | QDoubleSpinBox):
         widget.setValue(max(widget.minimum(), min(widget.maximum(), value)))
 

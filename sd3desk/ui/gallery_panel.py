@@ -21,11 +21,40 @@ from PySide6.QtWidgets import (
 
 from sd3desk.core.gallery import ImageRow, export_image
 from sd3desk.core.metadata import ImageMetadata, ModelIdentity, a1111_text
+from sd3desk.core.params import SEED_MAX
+from sd3desk.ui.form_fields import TITLES
 from sd3desk.ui.gallery_model import ROW_ROLE, GalleryModel
 from sd3desk.ui.thumbnail_delegate import ThumbnailDelegate
 from sd3desk.ui.thumbnails import SIZE
 
 ALL_MODELS = "All models"
+# Fields no other tool writes (SD3 specifics of ours): not named when a file lacks them
+_QUIETLY_KEPT = ("shift", "max_sequence_length")
+
+
+def kept_fields(meta: ImageMetadata) -> tuple[str, ...]:
+    """The form fields loading `meta` leaves as they are: those the file did not state, and a
+    seed beyond sd3desk's range (another tool's 64-bit seed)."""
+    seed = meta.params.seed
+    return (*meta.missing, "seed") if seed is not None and seed > SEED_MAX else meta.missing
+
+
+def loading_notes(meta: ImageMetadata) -> list[str]:
+    """What to tell the user when `meta` goes into the form."""
+    notes = []
+    missing = [TITLES[n].rstrip(":").lower() for n in meta.missing if n not in _QUIETLY_KEPT]
+    if missing:
+        notes.append(f"Not in the file, so the form keeps its own: {', '.join(missing)}")
+    if meta.params.seed is not None and meta.params.seed > SEED_MAX:
+        notes.append(_beyond(meta.params.seed))
+    if meta.unmapped:
+        listed = ", ".join(f"{key}: {value}" for key, value in meta.unmapped)
+        notes.append(f"Not used by SD3, so not loaded: {listed}")
+    return notes
+
+
+def _beyond(seed: int) -> str:
+    return f"The seed {seed} is beyond sd3desk's seeds (0 to {SEED_MAX}): the form keeps its own"
 
 
 class GalleryPanel(QWidget):
@@ -136,9 +165,12 @@ class GalleryPanel(QWidget):
         except MetadataError as exc:
             self.notice.emit(exc.message)
             return
-        if meta.unmapped:
-            listed = ", ".join(f"{key}: {value}" for key, value in meta.unmapped)
-            self.notice.emit(f"Not used by SD3, so not loaded: {listed}")
+        self._load(meta)
+
+    def _load(self, meta: ImageMetadata) -> None:
+        """Offer `meta` to the form, saying what it lacks and what SD3 has no use for."""
+        for text in loading_notes(meta):
+            self.notice.emit(text)
         self.settings_requested.emit(meta)
 
     # ------------------------------------------------------------------ set-up
@@ -233,11 +265,16 @@ class GalleryPanel(QWidget):
 
     def load_settings(self) -> None:
         if found := self._with_params():
-            self.settings_requested.emit(found[1])
+            self._load(found[1])
 
     def use_seed(self) -> None:
-        if (found := self._with_params()) and found[1].params.seed is not None:
-            self.seed_requested.emit(found[1].params.seed)
+        if not (found := self._with_params()) or found[1].params.seed is None:
+            return
+        seed = found[1].params.seed
+        if seed > SEED_MAX:
+            self.notice.emit(_beyond(seed))
+        else:
+            self.seed_requested.emit(seed)
 
     def copy_image(self) -> None:
         if row := self._current():

@@ -304,8 +304,12 @@ class MainWindow(QMainWindow):
         self.prompt_panel.set_models([(e.label, e.reference) for e in entries], current)
 
     def _on_gallery_settings_requested(self, meta: ImageMetadata) -> None:
+        from sd3desk.ui.gallery_panel import kept_fields  # (loaded with the gallery, not before)
+
         ours = meta.source == "sd3desk"
-        self.prompt_panel.set_params(meta.params, keep_model=not ours or not meta.params.model)
+        self.prompt_panel.set_params(
+            meta.params, keep_model=not ours or not meta.params.model, keep=kept_fields(meta)
+        )
         self.statusBar().showMessage("Settings loaded into the form", 4000)
 
     def _on_session_settings_changed(self, settings: Settings) -> None:

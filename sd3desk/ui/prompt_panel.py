@@ -26,10 +26,11 @@ from PySide6.QtWidgets import (
 )
 
 from sd3desk.core.errors import FieldError
-from sd3desk.core.params import SIZE_PRESETS, GenerationParams, PromptLength
+from sd3desk.core.params import PROMPT_CHARS_MAX, SIZE_PRESETS, GenerationParams, PromptLength
 from sd3desk.ui.form_fields import (
     FIELDS,
     TITLES,
+    PromptEdit,
     WheelOnlyWhenFocused,
     change_signal,
     count_text,
@@ -66,9 +67,7 @@ class PromptPanel(QWidget):
         self._errors = {field.name: self._error_label(f"{field.name}Error") for field in FIELDS}
         w = self.widgets
         self.model_combo = cast(QComboBox, w["model"])
-        self.prompt, self.negative = (
-            cast(QPlainTextEdit, w[k]) for k in ("prompt", "negative_prompt")
-        )
+        self.prompt, self.negative = (cast(PromptEdit, w[k]) for k in ("prompt", "negative_prompt"))
         self.seed, self.guidance, self.shift = (
             cast(QDoubleSpinBox, w[k]) for k in ("seed", "guidance_scale", "shift")
         )
@@ -214,6 +213,10 @@ class PromptPanel(QWidget):
         self.setup_button.clicked.connect(self.setup_requested)
         for edited in (self.prompt.textChanged, self.negative.textChanged):
             edited.connect(self.prompt_edited)
+        for name in ("prompt", "negative_prompt"):
+            cast(PromptEdit, self.widgets[name]).refused.connect(
+                lambda length, cut, name=name: self._on_text_refused(name, length, cut)
+            )
         self.t5_length.valueChanged.connect(self.prompt_edited)
         self.random_seed.toggled.connect(lambda on: self.seed.setEnabled(not on))
         self.reuse_seed.clicked.connect(self.reuse_last_seed)
@@ -247,20 +250,25 @@ class PromptPanel(QWidget):
         values["guidance_scale"] = round(values["guidance_scale"], 2)
         return GenerationParams(**values)
 
-    def set_params(self, params: GenerationParams, keep_model: bool = False) -> None:
+    def set_params(
+        self, params: GenerationParams, keep_model: bool = False, keep: tuple[str, ...] = ()
+    ) -> None:
         """Fill the form; a concrete seed turns "random" off so the image can be re-made.
-        Values outside a field's range (another tool's file) are brought to its nearest end."""
+        Fields named in `keep` (not in the file that `params` came from) keep the form's own
+        values. Values outside a field's range are brought to its nearest end."""
         # the model first: picking it may apply its family's defaults, which the values
         # below must then override
         if params.model and not keep_model:
             self.select_model(params.model)
-        self.random_seed.setChecked(params.seed is None)
+        if "seed" not in keep:
+            self.random_seed.setChecked(params.seed is None)
         for name, widget in self.widgets.items():
             value = getattr(params, name)
-            if name in ("model", "width", "height") or value is None:
+            if name in ("model", "width", "height", *keep) or value is None:
                 continue
             write(widget, value)
-        self.set_size(params.width, params.height)
+        if "width" not in keep and "height" not in keep:
+            self.set_size(params.width, params.height)
 
     def set_size(self, width: int, height: int) -> None:
         for spin, value in ((self.width_spin, width), (self.height_spin, height)):
@@ -395,6 +403,16 @@ class PromptPanel(QWidget):
             focus.clear()
             return
         self.cancel_requested.emit()
+
+    def _on_text_refused(self, name: str, length: int, cut: bool) -> None:
+        if cut:
+            message = f"was {length:,} characters; only the first {PROMPT_CHARS_MAX:,} were loaded"
+        else:
+            message = (
+                f"would be {length:,} characters with that paste, over the limit of "
+                f"{PROMPT_CHARS_MAX:,}; nothing was pasted"
+            )
+        self.show_errors([FieldError(name, message)])
 
     def _on_guidance_changed(self, value: float) -> None:
         # blocked: the slider's own change must not round the box's value (3.75 stays 3.75)

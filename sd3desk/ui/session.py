@@ -23,6 +23,9 @@ from sd3desk.runtime.runtime import Runtime
 LAYOUT_VERSION = 1
 PRELOAD_DELAY_MS = 500  # a pick must settle this long before its model loads
 FORM_SAVE_DELAY_MS = 1000
+# How long closing the window waits for a worker inside an import or a model load; then the
+# process ends without it (nothing is lost: see app.main)
+SHUTDOWN_WAIT_S = 2.0
 
 
 class Session(QObject):
@@ -47,6 +50,7 @@ class Session(QObject):
         self._restoring = False
         self._models_listed = False
         self._started = self._stopped = False
+        self.stuck = False  # a worker was still busy (an import, a load) when the window closed
         self._pending_form: dict[str, Any] | None = None
         self._preload_timer = QTimer(self, singleShot=True, interval=PRELOAD_DELAY_MS)
         self._preload_timer.timeout.connect(self.preload_picked_model)
@@ -91,7 +95,7 @@ class Session(QObject):
             return
         self._stopped = True
         self._write_pending_form()
-        self.runtime.stop()
+        self.stuck = not self.runtime.stop(SHUTDOWN_WAIT_S)
 
     # ------------------------------------------------------------------ models
 

@@ -122,7 +122,10 @@ def comfy_graph() -> dict:
             "class_type": "CLIPTextEncodeSD3",
             "inputs": {"clip_l": "", "clip_g": "", "t5xxl": "watermark", "clip": ["4", 1]},
         },
-        "8": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["7", 0]}},
+        "8": {
+            "class_type": "ConditioningSetTimestepRange",
+            "inputs": {"conditioning": ["7", 0], "start": 0.0, "end": 1.0},
+        },
         "9": {"class_type": "PrimitiveNode", "inputs": {"value": 1234}},
         "10": {"class_type": "ModelSamplingSD3", "inputs": {"shift": 3.0, "model": ["4", 0]}},
         "3": {
@@ -160,7 +163,8 @@ def test_comfyui_graph_best_effort(tmp_path):
         3.0,
     )
     assert meta.model.name == "sd3_medium.safetensors"
-    assert dict(meta.unmapped) == {"sampler_name": "dpmpp_2m", "scheduler": "sgm_uniform"}
+    # (sgm_uniform, simple and normal space SD3's flow steps as diffusers does: not listed)
+    assert dict(meta.unmapped) == {"sampler_name": "dpmpp_2m"}
 
 
 def test_comfyui_graph_with_a_cycle_terminates(tmp_path):
@@ -196,7 +200,9 @@ def test_exports_read_in_a1111s_own_way(tmp_path, suffix):
     comment = exif.get("Exif", {}).get(piexif.ExifIFD.UserComment, b"")
     assert isinstance(comment, bytes)  # typed UNDEFINED: a BYTE tag comes back as a tuple
     assert piexif.helper.UserComment.load(comment) == a1111_text(META)
-    assert read_metadata(target).params == PARAMS.replace(model="")
+    # and our record travels in XMP: the export reads back exactly, model path and all
+    read = read_metadata(target)
+    assert (read.params, read.model, read.source) == (PARAMS, META.model, "sd3desk")
 
 
 def test_user_comment_encodings():
