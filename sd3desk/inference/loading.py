@@ -78,6 +78,25 @@ def _component(folder: Path, part: str, load: Callable[[], Any]) -> Any:
         ) from exc
 
 
+# The files a tokenizer folder loads from (either is enough): transformers 5 builds an empty
+# tokenizer without a word, rather than fail, when they are missing
+_TOKENIZER_FILES = {
+    "tokenizer": ("tokenizer.json", "vocab.json"),
+    "tokenizer_2": ("tokenizer.json", "vocab.json"),
+    "tokenizer_3": ("tokenizer.json", "spiece.model"),
+}
+
+
+def _require_files(folder: Path, part: str) -> None:
+    names = _TOKENIZER_FILES.get(part)
+    if names and not any((folder / part / name).is_file() for name in names):
+        raise ModelError(
+            f"{folder.name} has no {part} (expected {folder / part / names[0]})",
+            "the download is incomplete; download the model again",
+            path=str(folder / part),
+        )
+
+
 def _encoder(folder: Path, part: str, dtype: str, on_stage: Callable | None) -> Any:
     from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
@@ -123,6 +142,9 @@ def _load_folder(
             path=str(folder / sorted(missing)[0]),
         )
     report_stage(on_stage, 1, "Loading tokenizers")
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        if use_t5 or name != "tokenizer_3":
+            _require_files(folder, name)
     parts: dict[str, Any] = {
         name: _component(
             folder,

@@ -102,3 +102,46 @@ def test_ctrl_c_exits_130_and_leaves_no_files(tmp_path):
     assert "interrupted" in stderr
     assert stdout == ""
     assert not out.exists() or list(out.rglob("*")) == [p for p in out.rglob("*") if p.is_dir()]
+
+
+def test_broken_model_folders_exit_3_with_a_message_not_a_traceback(tmp_path, tiny_model_dir):
+    """A missing tokenizer folder, a config with wrong types and a FIFO for a weights file
+    (issue 13): each is exit 3 with a line that names what is wrong."""
+    import json
+    import shutil
+
+    from sd3desk.inference.testmodel import MARKER_FILE
+
+    def broken(name: str, damage) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(tiny_model_dir, folder)
+        damage(folder)
+        return folder
+
+    def wrong_type(folder: Path) -> None:
+        (folder / MARKER_FILE).unlink()  # read as a real model: its configs decide
+        config = folder / "vae" / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "latent_channels": "16"}))
+
+    cases = {
+        "tokenizer_2": broken("no-tokenizer", lambda f: shutil.rmtree(f / "tokenizer_2")),
+        "vae": broken("wrong-type", wrong_type),
+    }
+    if hasattr(os, "mkfifo"):
+
+        def fifo(folder: Path) -> None:
+            weights = next((folder / "vae").glob("*.safetensors"))
+            weights.unlink()
+            os.mkfifo(weights)
+
+        cases["named pipe"] = broken("fifo", fifo)
+    for words, folder in cases.items():
+        result = subprocess.run(
+            sd3desk("generate", "--model", str(folder), "--prompt", "x", data_dir=tmp_path),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        assert result.returncode == 3, (words, result.stderr)
+        assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
