@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# sd-prompt-reader's parsers are a test oracle; the package pins Pillow 10.3 and GUI
+	# libraries for its app, which its parsers do not use: installed without them
+	$(BIN)/python -m pip install --quiet --no-deps "sd-prompt-reader==1.3.5"
 	touch $(STAMP)
 
 run: $(STAMP)

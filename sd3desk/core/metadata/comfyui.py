@@ -57,31 +57,36 @@ def _value(nodes: dict[str, Any], value: Any) -> Any:
     return None
 
 
-def _text(nodes: dict[str, Any], link: Any, depth: int = 0) -> str | None:
-    """The prompt text a conditioning link carries: "" for zeroed-out conditioning, None when
-    no text is found upstream."""
+def _texts(nodes: dict[str, Any], link: Any, depth: int = 0) -> list[str] | None:
+    """The prompt texts a conditioning link carries, in order and each once: [] for
+    zeroed-out conditioning, None when no text is upstream at all. Combining nodes (combine,
+    concat, average, area) carry the texts of all their inputs."""
     found = _node(nodes, link)
     if found is None or depth > _DEPTH_MAX:
         return None
     node, output = found
     kind, inputs = node.get("class_type"), node["inputs"]
     if kind == "ConditioningZeroOut":
-        return ""  # how SD3/SD3.5 workflows make an empty negative from the positive encoding
+        return []  # how SD3/SD3.5 workflows make an empty negative from the positive encoding
     for key in _TEXT_INPUTS:
         value = _value(nodes, inputs.get(key))
         if isinstance(value, str) and value.strip():
-            return value
+            return [value]
     if "positive" in inputs and "negative" in inputs:
         # ControlNetApplySD3, ControlNetApplyAdvanced, InstructPixToPixConditioning, ...:
         # output 0 is the positive, output 1 the negative conditioning
-        return _text(nodes, inputs["positive" if output == 0 else "negative"], depth + 1)
-    empty = None
+        return _texts(nodes, inputs["positive" if output == 0 else "negative"], depth + 1)
+    texts: list[str] | None = None
     for key in (*_THROUGH, *(k for k in inputs if k not in _THROUGH)):
-        text = _text(nodes, inputs.get(key), depth + 1)
-        if text:
-            return text
-        empty = text if text is not None else empty
-    return empty
+        upstream = _texts(nodes, inputs.get(key), depth + 1)
+        if upstream is not None:
+            texts = (texts or []) + [t for t in upstream if t not in (texts or [])]
+    return texts
+
+
+def _text(nodes: dict[str, Any], link: Any) -> str | None:
+    texts = _texts(nodes, link)
+    return None if texts is None else ", ".join(t.strip() for t in texts)
 
 
 def _number(nodes: dict[str, Any], value: Any) -> int | float | None:

@@ -5,11 +5,13 @@ of a tool's settings that change the picture are listed as unmapped.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any
 
 from sd3desk.core.errors import MetadataError
+from sd3desk.core.metadata.a1111 import number
 from sd3desk.core.metadata.record import ImageMetadata, ModelIdentity, load_json, stated
 
 Reader = Callable[[dict[str, str]], "ImageMetadata | None"]
@@ -79,6 +81,64 @@ def _invokeai(texts: dict[str, str]) -> ImageMetadata | None:
         source="invokeai",
         unmapped=_unmapped(record, ("scheduler", "generation_mode", "loras", "strength")),
     )
+
+
+# InvokeAI 2.x: "sd-metadata" (JSON) and "Dream" (its command line); the negative prompt is
+# what the prompt holds in square brackets
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+
+
+def _split_brackets(text: str) -> dict[str, str]:
+    negative = ", ".join(part.strip() for part in _BRACKETS.findall(text) if part.strip())
+    return {"prompt": " ".join(_BRACKETS.sub(" ", text).split()), "negative_prompt": negative}
+
+
+def _invokeai_legacy(texts: dict[str, str]) -> ImageMetadata | None:
+    if "sd-metadata" in texts:
+        record = _json_object(texts["sd-metadata"], "InvokeAI metadata")
+        found = record.get("image")
+        image = found if isinstance(found, dict) else {}
+        prompts = image.get("prompt")
+        first = prompts[0] if isinstance(prompts, list) and prompts else prompts
+        text = first.get("prompt") if isinstance(first, dict) else first
+        values = _split_brackets(text) if isinstance(text, str) else {}
+        values.update(
+            _mapped(
+                image,
+                {
+                    "steps": ("steps", _number),
+                    "cfg_scale": ("guidance_scale", _number),
+                    "seed": ("seed", _number),
+                    "width": ("width", _number),
+                    "height": ("height", _number),
+                },
+            )
+        )
+        return stated(
+            values,
+            model=ModelIdentity(name=str(record.get("model_weights", ""))),
+            source="invokeai",
+            unmapped=_unmapped(image, ("sampler",)),
+        )
+    if "Dream" not in texts:
+        return None
+    import shlex
+
+    try:
+        words = shlex.split(texts["Dream"])
+    except ValueError as exc:
+        raise MetadataError("the InvokeAI Dream text is malformed") from exc
+    if not words:
+        raise MetadataError("the InvokeAI Dream text is empty")
+    values: dict[str, Any] = _split_brackets(words[0])
+    options = {"-s": "steps", "-S": "seed", "-W": "width", "-H": "height", "-C": "guidance_scale"}
+    unmapped = []
+    for flag, value in itertools.pairwise(words[1:]):
+        if flag in options:
+            values[options[flag]] = number(value, options[flag])
+        elif flag == "-A":
+            unmapped.append(("sampler", value))
+    return stated(values, source="invokeai", unmapped=tuple(unmapped))
 
 
 # ---------------------------------------------------------------- NovelAI
@@ -186,7 +246,7 @@ def _seed_text(value: Any) -> int | None:
     return number if isinstance(number, int) else None
 
 
-_READERS: tuple[Reader, ...] = (_invokeai, _novelai, _swarmui, _fooocus)
+_READERS: tuple[Reader, ...] = (_invokeai, _invokeai_legacy, _novelai, _swarmui, _fooocus)
 
 
 def parse(texts: dict[str, str]) -> ImageMetadata | None:
