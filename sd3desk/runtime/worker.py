@@ -94,6 +94,9 @@ class WorkerConfig:
 EngineFactory = Callable[[WorkerConfig], "Engine"]
 
 
+_OUTLIVING: list[Worker] = []  # workers whose thread was still busy when they were stopped
+
+
 def default_engine_factory(config: WorkerConfig) -> Engine:
     """A real Engine, with torch imported here (the worker thread) and its device picked."""
     from sd3desk.inference.devices import import_ml_stack
@@ -168,7 +171,12 @@ class Worker(QObject):
         self.thread_.quit()
         if wait_s is None:
             return self.thread_.wait()
-        return self.thread_.wait(QDeadlineTimer(int(wait_s * 1000)))
+        if self.thread_.wait(QDeadlineTimer(int(wait_s * 1000))):
+            return True
+        # Qt aborts the process if a running QThread is destroyed: keep this worker for the
+        # life of the process (its thread ends once the call returns, its loop told to quit)
+        _OUTLIVING.append(self)
+        return False
 
     def cancel(self, job_id: int | None) -> None:
         """Stop the running job (any job when `job_id` is None) within one step. A job handed
