@@ -57,7 +57,8 @@ class ModelError(SD3DeskError):
 
 
 class RefusedFormatError(ModelError):
-    """A model file in a format we never load (pickle-based: it could run code)."""
+    """A model file in a format we do not load: pickle-based (it could run code), or one whose
+    weights the loaders would read wrong (fp8 "scaled")."""
 
 
 class OutOfMemoryError(SD3DeskError):

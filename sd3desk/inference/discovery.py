@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from sd3desk.core.errors import ModelError
 from sd3desk.core.params import SD3_PIPELINE
@@ -75,6 +76,16 @@ def find_t5_tokenizer(folders: list[Path]) -> Path | None:
 # ------------------------------------------------------------------ listing
 
 
+def current_revision(repo: Any) -> Any:
+    """The cached revision of a repo that loading it uses: the one `refs/main` points to (as
+    snapshot_download(local_files_only=True) resolves it), else the newest one cached."""
+    main = repo.refs.get("main")
+    if main is not None:
+        return main
+    revisions = sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True)
+    return revisions[0] if revisions else None
+
+
 def discover_models(
     model_dirs: list[Path] | tuple[Path, ...] = (),
 ) -> tuple[list[ModelSource], list[str]]:
@@ -88,17 +99,16 @@ def discover_models(
         for repo in sorted(cache.repos, key=lambda r: r.repo_id):
             if repo.repo_type != "model":
                 continue
-            for revision in repo.revisions:
-                if _sd3_folder(revision.snapshot_path):
-                    try:
-                        found.append(
-                            source_from_path(
-                                revision.snapshot_path, repo.repo_id, ModelKind.hub, repo.repo_id
-                            )
+            revision = current_revision(repo)
+            if revision is not None and _sd3_folder(revision.snapshot_path):
+                try:
+                    found.append(
+                        source_from_path(
+                            revision.snapshot_path, repo.repo_id, ModelKind.hub, repo.repo_id
                         )
-                    except ModelError as exc:
-                        problems.append(f"{repo.repo_id}: {exc.message}")
-                    break
+                    )
+                except ModelError as exc:
+                    problems.append(f"{repo.repo_id}: {exc.message}")
     except Exception as exc:  # a missing or odd cache is not an error worth stopping for
         if hub_cache_dir().exists():
             problems.append(f"cannot scan the Hugging Face cache: {exc}")

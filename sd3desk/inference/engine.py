@@ -152,7 +152,8 @@ class Engine:
         quiet_libraries()
         device = self.device()
         bytes_per_param = 4 if device.dtype == "float32" else 2
-        sizes = {k: n * bytes_per_param for k, n in source.component_params.items()}
+        # (everything that will be loaded: the text encoders a single file borrows included)
+        sizes = {k: n * bytes_per_param for k, n in source.load_params(use_t5).items()}
         resolved = resolve_plan(plan, device, sizes, has_t5=use_t5)
         # 2. free the previous model before reading the next one
         self.unload()

@@ -29,6 +29,14 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+# Parameters of the text encoders every SD3 model shares, for sizing a model that borrows them:
+# counted from the bundled configs (resources/configs/sd3-medium/text_encoder{,_2,_3}: CLIP-L and
+# CLIP-G with projection, the T5-XXL v1.1 encoder with its embedding) built on the meta device
+DONOR_PARAMS = {
+    "text_encoder": 123_650_304,
+    "text_encoder_2": 694_659_840,
+    "text_encoder_3": 4_893_906_944,
+}
 
 
 class ModelKind(Enum):
@@ -73,9 +81,23 @@ class ModelSource:
         return sorted((self.path / "transformer").glob("*.safetensors"))
 
     def size_bytes(self) -> int:
+        """Bytes on disk of what loading reads (one variant per component)."""
         if self.path.is_file():
             return self.path.stat().st_size
-        return sum(p.stat().st_size for p in self.path.rglob("*.safetensors"))
+        parts = ("transformer", "vae", *TEXT_PARTS)
+        return sum(w.stat().st_size for p in parts for w in loaded_weights(self.path / p))
+
+    def load_params(self, use_t5: bool = True) -> dict[str, int]:
+        """Parameters per component that loading this model puts in memory: its own, and for
+        the text encoders it lacks, those a donor folder lends (all SD3 models share them)."""
+        params = {k: n for k, n in self.component_params.items() if n}
+        if self.family is not ModelFamily.test:
+            for part in TEXT_PARTS:
+                if part not in params and (use_t5 or part != "text_encoder_3"):
+                    params[part] = DONOR_PARAMS[part]
+        if not use_t5:
+            params.pop("text_encoder_3", None)
+        return params
 
 
 def bundled_config_dir(family: ModelFamily) -> Path:
@@ -148,6 +170,17 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     }
     if not blocks:
         raise ModelError(_not_sd3_reason(path, keys), path=str(path))
+    if "scaled_fp8" in keys or any(k.endswith(".scale_weight") for k in keys):
+        # ComfyUI's fp8 "scaled" files: each fp8 weight must be multiplied by its scale_weight,
+        # which diffusers' single-file loader does not know: it would load unscaled weights
+        raise RefusedFormatError(
+            f'{path.name} is an fp8 "scaled" checkpoint (saved by ComfyUI): its weights '
+            "need per-tensor scales that sd3desk's loader cannot apply yet, and without them "
+            "it would make garbage images",
+            "use the 16-bit file of the same model (e.g. sd3.5_large.safetensors) or its "
+            "diffusers folder; on a small GPU, the offload memory plan",
+            path=str(path),
+        )
     params = {
         "transformer": 0,
         "vae": 0,
@@ -283,9 +316,30 @@ def custom_code_notices(folder: Path, index: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+# diffusers/transformers weight files: NAME[.VARIANT][-0000N-of-0000M].safetensors
+_WEIGHTS_NAME = re.compile(
+    r"^(?P<name>[^.]+)(?:\.(?P<variant>[\w]+))?(?:-\d+-of-\d+)?\.safetensors$"
+)
+
+
+def loaded_weights(part_folder: Path) -> list[Path]:
+    """The weight files of one component that loading reads: one variant only. A repo ships
+    e.g. model.safetensors and model.fp16.safetensors side by side; from_pretrained without a
+    variant (as sd3desk loads) reads the plain one, so that is what is counted, and a folder
+    with variants only counts the first of them."""
+    groups: dict[str, list[Path]] = {}
+    for weights in sorted(part_folder.glob("*.safetensors")):
+        found = _WEIGHTS_NAME.match(weights.name)
+        variant = (found["variant"] or "") if found else weights.name
+        groups.setdefault(variant, []).append(weights)
+    if not groups:
+        return []
+    return groups.get("", groups[min(groups)])
+
+
 def _folder_params(folder: Path, part: str) -> int:
     total = 0
-    for weights in (folder / part).glob("*.safetensors"):
+    for weights in loaded_weights(folder / part):
         header = read_safetensors_header(weights)
         header.pop("__metadata__", None)
         total += sum(_numel(e) for e in header.values())
