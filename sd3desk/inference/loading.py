@@ -10,6 +10,7 @@ from typing import Any
 from sd3desk.core.errors import ModelError, RefusedFormatError
 from sd3desk.core.params import ModelFamily
 from sd3desk.inference import testmodel
+from sd3desk.inference.checkpoint_layout import T5_PREFIX
 from sd3desk.inference.devices import t5_tokenizer_class, torch_dtype
 from sd3desk.inference.discovery import find_t5_tokenizer, find_text_encoder_donor
 from sd3desk.inference.models import (
@@ -17,6 +18,7 @@ from sd3desk.inference.models import (
     ModelSource,
     bundled_clip_tokenizer_dir,
     bundled_config_dir,
+    read_safetensors_header,
 )
 
 PLACE_STAGE = 7  # stages: tokenizers, CLIP-L, CLIP-G, T5, MMDiT, VAE, placing
@@ -202,6 +204,31 @@ def _clip_tokenizers(config_dir: Path, family: ModelFamily) -> dict[str, Any]:
     }
 
 
+def _has_key(path: Path, key: str) -> bool:
+    return key in read_safetensors_header(path)
+
+
+def _tied_t5(path: Path, config_dir: Path, dtype: str) -> Any:
+    """The T5 encoder of a checkpoint that stores its embedding once, as `shared.weight`
+    (ComfyUI saves it so): transformers 5 leaves the tied `encoder.embed_tokens` unloaded
+    ("Cannot copy out of meta tensor"), so the state is built here with both names."""
+    import torch
+    from safetensors import safe_open
+    from transformers import T5Config, T5EncoderModel
+
+    with torch.device("meta"):
+        model = T5EncoderModel(T5Config.from_pretrained(config_dir))
+    state = {}
+    with safe_open(str(path), "pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+            if key.startswith(T5_PREFIX):
+                state[key[len(T5_PREFIX) :]] = handle.get_tensor(key).to(torch_dtype(dtype))
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    return model.eval()
+
+
 def _load_single_file(
     source: ModelSource,
     dtype: str,
@@ -269,6 +296,9 @@ def _load_single_file(
         if not source.has_t5:
             assert donor is not None
             extra["text_encoder_3"] = _encoder(donor, "text_encoder_3", dtype, on_stage)
+        elif not _has_key(source.path, T5_PREFIX + "encoder.embed_tokens.weight"):
+            report_stage(on_stage, 4, "Loading T5-XXL text encoder")
+            extra["text_encoder_3"] = _tied_t5(source.path, config_dir / "text_encoder_3", dtype)
     else:
         extra["tokenizer_3"] = None
         extra["text_encoder_3"] = None

@@ -262,3 +262,22 @@ def test_real_model_generates(tmp_path):
         GenerationParams("a red apple on a table", seed=1, steps=4, width=512, height=512)
     ).images[0]
     assert image.size == (512, 512)
+
+
+def test_a_comfyui_saved_checkpoint_with_t5_loads_and_matches(single_files, cache_dir, tmp_path):
+    """ComfyUI saves T5 with `shared.weight` only (encoder.embed_tokens is the same tied
+    tensor): the loader ties them, and the image is the one the full file makes (issue 14)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(single_files["full"])
+    del state["text_encoders.t5xxl.transformer.encoder.embed_tokens.weight"]
+    comfy = tmp_path / "tiny_comfyui_t5.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(single_files["full"], "pt") as handle:
+        metadata = handle.metadata()
+    save_file(state, comfy, metadata=metadata)
+    single = load(str(comfy), cache_dir)
+    assert single.loaded.plan.use_t5
+    full = load(str(single_files["full"]), cache_dir)
+    assert max_diff(single.generate(PARAMS).images[0], full.generate(PARAMS).images[0]) == 0
