@@ -420,7 +420,6 @@ def _serve(args: argparse.Namespace, paths: AppPaths) -> int:
 
 
 def _models(args: argparse.Namespace, paths: AppPaths) -> int:
-    from sd3desk.core.downloads import format_bytes
     from sd3desk.core.params import FAMILY_DEFAULTS
     from sd3desk.core.settings import env_model_dirs
     from sd3desk.inference.discovery import discover_models
@@ -436,13 +435,9 @@ def _models(args: argparse.Namespace, paths: AppPaths) -> int:
     for source in found:
         t5 = "with T5" if source.has_t5 else "no T5"
         clips = "" if source.has_clips else ", no CLIP (needs a donor folder)"
-        # what loading reads from disk, and what it takes in memory in 16-bit (borrowed text
-        # encoders included; decimal GB, as disks and downloads are sized)
-        loaded = sum(source.load_params().values()) * 2
         print(
             f"{source.reference}\n    {FAMILY_DEFAULTS[source.family].label} · "
-            f"{source.kind.value} · {t5}{clips} · {format_bytes(source.size_bytes())} on disk, "
-            f"{format_bytes(loaded)} to load in 16-bit\n    {source.path}"
+            f"{source.kind.value} · {t5}{clips} · {source.sizes()}\n    {source.path}"
         )
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)

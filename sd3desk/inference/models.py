@@ -87,6 +87,16 @@ class ModelSource:
         parts = ("transformer", "vae", *TEXT_PARTS)
         return sum(w.stat().st_size for p in parts for w in loaded_weights(self.path / p))
 
+    def sizes(self) -> str:
+        """Its sizes as people read them: decimal GB on disk (as downloads are sized), and in
+        memory at 16 bits with any text encoders it borrows."""
+        from sd3desk.core.downloads import format_bytes
+
+        loaded = 2 * sum(self.load_params().values())
+        return (
+            f"{format_bytes(self.size_bytes())} on disk, {format_bytes(loaded)} to load in 16-bit"
+        )
+
     def load_params(self, use_t5: bool = True) -> dict[str, int]:
         """Parameters per component that loading this model puts in memory: its own, and for
         the text encoders it lacks, those a donor folder lends (all SD3 models share them)."""

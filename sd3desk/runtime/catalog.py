@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from sd3desk.core.params import FAMILY_DEFAULTS, ModelFamily
 from sd3desk.runtime.background import Background
+
+if TYPE_CHECKING:  # (the model modules load with the first search, off the GUI thread)
+    from sd3desk.inference.models import ModelSource
 
 TEST_REFERENCE = "test"
 TEST_LABEL = "Test model (random weights: noise)"
@@ -39,13 +43,17 @@ def find_models(model_dirs: tuple[Path, ...]) -> tuple[list[ModelEntry], list[st
     from sd3desk.inference.discovery import discover_models
 
     sources, problems = discover_models(list(model_dirs))
-    entries = [
-        ModelEntry(
-            f"{s.name} ({s.family.value})", s.reference, s.family, f"{s.kind.value}: {s.path}"
-        )
-        for s in sources
-    ]
-    return entries, problems
+    return [_entry(s) for s in sources], problems
+
+
+def _entry(source: ModelSource) -> ModelEntry:
+    """A model as the pickers show it: name and family; kind, path and sizes."""
+    return ModelEntry(
+        f"{source.name} ({source.family.value})",
+        source.reference,
+        source.family,
+        f"{source.kind.value}: {source.path} · {source.sizes()}",
+    )
 
 
 def check_model(path: str) -> ModelEntry:
@@ -53,13 +61,7 @@ def check_model(path: str) -> ModelEntry:
     (or RefusedFormatError) saying what is wrong with it."""
     from sd3desk.inference.models import resolve_model
 
-    source = resolve_model(path)
-    return ModelEntry(
-        f"{source.name} ({source.family.value})",
-        source.reference,
-        source.family,
-        f"{source.kind.value}: {source.path}",
-    )
+    return _entry(resolve_model(path))
 
 
 class ModelCatalog(QObject):
