@@ -164,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument(
         "path",
         type=Path,
-        help="a folder (diffusers layout) or a FILE.safetensors (single-file checkpoint)",
+        help="a folder (diffusers layout), a FILE.safetensors (single-file checkpoint) or a "
+        "FILE.gguf (the MMDiT alone, quantized; --quant)",
+    )
+    make.add_argument(
+        "--quant", choices=("Q8_0", "Q5_0", "Q4_0"), default="Q8_0", help="GGUF file: weights in"
     )
     make.add_argument("--size", choices=("tiny", "small", "medium"), default="tiny")
     make.add_argument("--no-clips", action="store_true", help="single file: leave out CLIP-L/G")
@@ -176,8 +180,8 @@ def _add_generation_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--model",
         required=True,
-        help="a .safetensors file, a diffusers folder, "
-        "a Hugging Face repo id (from the local cache), or 'test'",
+        help="a .safetensors file, a GGUF transformer (.gguf; the rest from an SD3 diffusers "
+        "folder), a diffusers folder, a Hugging Face repo id (from the local cache), or 'test'",
     )
     gen.add_argument("--prompt", required=True, help="what to draw")
     gen.add_argument("--negative", default="", help="what to avoid (only used when guidance > 1)")
@@ -423,7 +427,7 @@ def _models(args: argparse.Namespace, paths: AppPaths) -> int:
     from sd3desk.core.params import FAMILY_DEFAULTS
     from sd3desk.core.settings import env_model_dirs
     from sd3desk.inference.discovery import discover_models
-    from sd3desk.inference.models import hub_cache_dir
+    from sd3desk.inference.models import ModelKind, hub_cache_dir
 
     settings = load_settings(paths.settings_file)
     dirs = [*args.model_dir, *(Path(d) for d in settings.model_dirs), *env_model_dirs()]
@@ -435,6 +439,8 @@ def _models(args: argparse.Namespace, paths: AppPaths) -> int:
     for source in found:
         t5 = "with T5" if source.has_t5 else "no T5"
         clips = "" if source.has_clips else ", no CLIP (needs a donor folder)"
+        if source.kind is ModelKind.gguf:
+            t5, clips = source.quant, ", MMDiT only (VAE and text encoders from an SD3 folder)"
         print(
             f"{source.reference}\n    {FAMILY_DEFAULTS[source.family].label} · "
             f"{source.kind.value} · {t5}{clips} · {source.sizes()}\n    {source.path}"
@@ -445,11 +451,18 @@ def _models(args: argparse.Namespace, paths: AppPaths) -> int:
 
 
 def _make_test_model(args: argparse.Namespace, paths: AppPaths) -> int:
-    from sd3desk.inference.testmodel import NOTE, write_test_model, write_test_single_file
+    from sd3desk.inference.testmodel import (
+        NOTE,
+        write_test_gguf,
+        write_test_model,
+        write_test_single_file,
+    )
 
     target: Path = args.path
     if target.suffix.lower() == ".safetensors":
         write_test_single_file(target, args.size, clips=not args.no_clips, t5=not args.no_t5)
+    elif target.suffix.lower() == ".gguf":
+        write_test_gguf(target, args.quant, args.size)
     else:
         if args.no_clips or args.no_t5:
             raise InvalidParamsError(

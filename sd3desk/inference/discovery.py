@@ -123,9 +123,10 @@ def discover_models(
             else sorted(directory.iterdir())
         )
         for entry in entries:
-            is_model = (
-                entry / "model_index.json"
-            ).exists() or entry.suffix.lower() == ".safetensors"
+            is_model = (entry / "model_index.json").exists() or entry.suffix.lower() in (
+                ".safetensors",
+                ".gguf",
+            )
             if not is_model:
                 continue
             try:

@@ -153,7 +153,7 @@ class Engine:
         device = self.device()
         bytes_per_param = 4 if device.dtype == "float32" else 2
         # (everything that will be loaded: the text encoders a single file borrows included)
-        sizes = {k: n * bytes_per_param for k, n in source.load_params(use_t5).items()}
+        sizes = source.load_bytes(bytes_per_param, use_t5)
         resolved = resolve_plan(plan, device, sizes, has_t5=use_t5)
         # 2. free the previous model before reading the next one
         self.unload()

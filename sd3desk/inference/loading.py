@@ -9,6 +9,7 @@ from typing import Any
 
 from sd3desk.core.errors import ModelError, RefusedFormatError
 from sd3desk.core.params import ModelFamily
+from sd3desk.core.settings import test_model_dir
 from sd3desk.inference import testmodel
 from sd3desk.inference.checkpoint_layout import T5_PREFIX
 from sd3desk.inference.devices import t5_tokenizer_class, torch_dtype
@@ -19,6 +20,7 @@ from sd3desk.inference.models import (
     bundled_clip_tokenizer_dir,
     bundled_config_dir,
     read_safetensors_header,
+    source_from_path,
 )
 
 PLACE_STAGE = 7  # stages: tokenizers, CLIP-L, CLIP-G, T5, MMDiT, VAE, placing
@@ -61,6 +63,8 @@ def load_pipeline(
         testmodel.write_test_model(source.path, source.test_size or "tiny")
     if source.kind is ModelKind.single_file:
         return _load_single_file(source, dtype, use_t5, cache_dir, model_dirs, on_stage)
+    if source.kind is ModelKind.gguf:
+        return _load_gguf(source, dtype, use_t5, cache_dir, model_dirs, on_stage)
     return _load_folder(source.path, source, dtype, use_t5, on_stage)
 
 
@@ -119,8 +123,15 @@ def _encoder(folder: Path, part: str, dtype: str, on_stage: Callable | None) -> 
 
 
 def _load_folder(
-    folder: Path, source: ModelSource, dtype: str, use_t5: bool, on_stage: Callable | None
+    folder: Path,
+    source: ModelSource,
+    dtype: str,
+    use_t5: bool,
+    on_stage: Callable | None,
+    transformer: Any = None,
 ) -> tuple[Any, bool, list[str]]:
+    """The pipeline of a diffusers folder; with `transformer`, that one instead of the
+    folder's (a GGUF file's, with the rest lent by the folder)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -168,7 +179,7 @@ def _load_folder(
         )
     common = {"torch_dtype": torch_dtype(dtype), "local_files_only": True, "use_safetensors": True}
     report_stage(on_stage, 5, "Loading MMDiT denoiser")
-    parts["transformer"] = _component(
+    parts["transformer"] = transformer or _component(
         folder,
         "transformer",
         lambda: SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **common),
@@ -202,6 +213,64 @@ def _clip_tokenizers(config_dir: Path, family: ModelFamily) -> dict[str, Any]:
         "tokenizer": CLIPTokenizer(pad_token="<|endoftext|>", **shared),
         "tokenizer_2": CLIPTokenizer(pad_token="!", **shared),
     }
+
+
+def _config_dir(source: ModelSource, cache_dir: Path | None) -> Path:
+    """The configs a file without its own is loaded with: bundled for the real families,
+    rebuilt from code for the test model."""
+    if source.family is not ModelFamily.test:
+        return bundled_config_dir(source.family)
+    if cache_dir is None:
+        raise ModelError(f"loading the test model from {source.path.name} needs a cache folder")
+    return testmodel.write_config_folder(
+        cache_dir / "test-model-configs" / source.test_size, source.test_size
+    )
+
+
+def _load_gguf(
+    source: ModelSource,
+    dtype: str,
+    use_t5: bool,
+    cache_dir: Path | None,
+    model_dirs: tuple[Path, ...],
+    on_stage: Callable | None,
+) -> tuple[Any, bool, list[str]]:
+    """A GGUF transformer (kept quantized, dequantized as it runs: diffusers'
+    GGUFQuantizationConfig) with the VAE, text encoders, tokenizers and scheduler of a diffusers
+    SD3 folder: the test model's own for the test family, else a donor."""
+    from diffusers import GGUFQuantizationConfig, SD3Transformer2DModel
+
+    config_dir = _config_dir(source, cache_dir)
+    if source.family is ModelFamily.test and cache_dir is not None:
+        donor: Path | None = test_model_dir(cache_dir)
+        if not (donor / "model_index.json").exists():
+            testmodel.write_test_model(donor, source.test_size or "tiny")
+    else:
+        donor = find_text_encoder_donor(model_dirs)
+    if donor is None or not any((donor / "vae").glob("*.safetensors")):
+        raise ModelError(
+            f"{source.path.name} holds only the MMDiT; the VAE and text encoders come from an SD3 "
+            "diffusers folder, and none was found in your model folders or the Hugging Face cache",
+            "download stabilityai/stable-diffusion-3.5-large (or -medium, or SD3 Medium "
+            "diffusers): all SD3 models share the VAE and text encoders; or add such a folder to "
+            "your model folders",
+            path=str(source.path),
+        )
+    report_stage(on_stage, 5, f"Loading {source.path.name} ({source.quant})")
+    transformer = SD3Transformer2DModel.from_single_file(
+        str(source.path),
+        config=str(config_dir),
+        subfolder="transformer",
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch_dtype(dtype)),
+        torch_dtype=torch_dtype(dtype),
+        local_files_only=True,
+    )
+    pipe, use_t5, notices = _load_folder(
+        donor, source_from_path(donor, str(donor)), dtype, use_t5, on_stage, transformer
+    )
+    if source.family is not ModelFamily.test:
+        notices.append(f"VAE and text encoders taken from {donor}")
+    return pipe, use_t5, notices
 
 
 def _has_key(path: Path, key: str) -> bool:
@@ -241,15 +310,7 @@ def _load_single_file(
 
     T5TokenizerFast = t5_tokenizer_class()
     notices: list[str] = []
-    # 1. configs: bundled for real families; rebuilt from code for the test model
-    if source.family is ModelFamily.test:
-        if cache_dir is None:
-            raise ModelError("loading a single-file test model needs a cache folder")
-        config_dir = testmodel.write_config_folder(
-            cache_dir / "test-model-configs" / source.test_size, source.test_size
-        )
-    else:
-        config_dir = bundled_config_dir(source.family)
+    config_dir = _config_dir(source, cache_dir)
     report_stage(on_stage, 1, "Loading tokenizers")
     extra: dict[str, Any] = _clip_tokenizers(config_dir, source.family)
     # 2. text encoders the checkpoint lacks come from a diffusers folder (all SD3s share them)

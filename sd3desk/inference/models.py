@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
@@ -19,7 +20,7 @@ from sd3desk.core.errors import ModelError, RefusedFormatError
 from sd3desk.core.files import NotRegularFileError, check_regular, describe_kind, open_regular
 from sd3desk.core.params import FAMILY_DEFAULTS, SD3_PIPELINE, ModelFamily
 from sd3desk.inference.checkpoint_layout import MMDIT_PREFIX
-from sd3desk.inference.testmodel import HEADER_KEY, MARKER_FILE
+from sd3desk.inference.testmodel import GGUF_TEST_KEY, HEADER_KEY, MARKER_FILE
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 # counted from the bundled configs (resources/configs/sd3-medium/text_encoder{,_2,_3}: CLIP-L and
 # CLIP-G with projection, the T5-XXL v1.1 encoder with its embedding) built on the meta device
 DONOR_PARAMS = {
+    "vae": 83_819_683,  # (the SD3 / SD3.5 VAE, for a GGUF file that brings only its MMDiT)
     "text_encoder": 123_650_304,
     "text_encoder_2": 694_659_840,
     "text_encoder_3": 4_893_906_944,
@@ -44,6 +46,7 @@ class ModelKind(Enum):
 
     folder = "diffusers folder"
     single_file = "single file"
+    gguf = "GGUF transformer"
     hub = "Hugging Face cache"
     test = "test model"
 
@@ -61,6 +64,7 @@ class ModelSource:
     component_params: dict[str, int] = field(default_factory=dict, compare=False)
     test_size: str = ""
     notices: tuple[str, ...] = field(default=(), compare=False)  # said when it is loaded
+    quant: str = ""  # a GGUF file's quantization ("Q8_0", "Q4_0", ...)
 
     @property
     def has_t5(self) -> bool:
@@ -76,7 +80,7 @@ class ModelSource:
 
     def hash_files(self) -> list[Path]:
         """The files whose SHA-256 names the model: the checkpoint, or the MMDiT weights."""
-        if self.kind is ModelKind.single_file:
+        if self.kind in (ModelKind.single_file, ModelKind.gguf):
             return [self.path]
         return sorted((self.path / "transformer").glob("*.safetensors"))
 
@@ -92,22 +96,31 @@ class ModelSource:
         memory at 16 bits with any text encoders it borrows."""
         from sd3desk.core.downloads import format_bytes
 
-        loaded = 2 * sum(self.load_params().values())
+        loaded = sum(self.load_bytes(2).values())
         return (
             f"{format_bytes(self.size_bytes())} on disk, {format_bytes(loaded)} to load in 16-bit"
         )
 
     def load_params(self, use_t5: bool = True) -> dict[str, int]:
         """Parameters per component that loading this model puts in memory: its own, and for
-        the text encoders it lacks, those a donor folder lends (all SD3 models share them)."""
+        the parts it lacks, those a donor folder lends (all SD3 models share their text
+        encoders and VAE)."""
         params = {k: n for k, n in self.component_params.items() if n}
         if self.family is not ModelFamily.test:
-            for part in TEXT_PARTS:
+            for part, count in DONOR_PARAMS.items():
                 if part not in params and (use_t5 or part != "text_encoder_3"):
-                    params[part] = DONOR_PARAMS[part]
+                    params[part] = count
         if not use_t5:
             params.pop("text_encoder_3", None)
         return params
+
+    def load_bytes(self, bytes_per_param: int, use_t5: bool = True) -> dict[str, int]:
+        """Bytes per component in memory at `bytes_per_param`; a GGUF transformer stays
+        quantized (dequantized layer by layer as it runs), so it takes its file's size."""
+        sizes = {k: n * bytes_per_param for k, n in self.load_params(use_t5).items()}
+        if self.kind is ModelKind.gguf:
+            sizes["transformer"] = self.path.stat().st_size
+        return sizes
 
 
 def bundled_config_dir(family: ModelFamily) -> Path:
@@ -235,6 +248,58 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
             path=str(path),
         )
     return CheckpointInfo(family, frozenset(parts), params)
+
+
+@dataclass(frozen=True)
+class GgufInfo(CheckpointInfo):
+    quant: str = ""
+
+
+def inspect_gguf(path: Path) -> GgufInfo:
+    """Family and quantization of a GGUF SD3/SD3.5 transformer (the MMDiT alone, in the
+    original key layout with or without "model.diffusion_model."), read from its header and
+    tensor table; the tensors are memory-mapped, never read."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as exc:
+        raise ModelError(
+            "loading GGUF files needs the gguf package", "pip install gguf", path=str(path)
+        ) from exc
+    check_regular(path)
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:  # the reader raises many types for damaged files
+        raise ModelError(
+            f"{path.name} is not a valid GGUF file ({exc})",
+            "the download may be incomplete; download the file again",
+            path=str(path),
+        ) from exc
+    tensors = {t.name.removeprefix(MMDIT_PREFIX): t for t in reader.tensors}
+    if not any(name.startswith("joint_blocks.") for name in tensors):
+        raise ModelError(
+            f"{path.name} is a GGUF file but not an SD3 transformer (no joint_blocks)",
+            "sd3desk loads GGUF files of SD3 Medium, SD3.5 Medium and SD3.5 Large transformers",
+            path=str(path),
+        )
+    params = {"transformer": sum(int(t.n_elements) for t in tensors.values())}
+    quants = Counter(t.tensor_type.name for t in tensors.values() if len(t.shape) >= 2)
+    quant = quants.most_common(1)[0][0] if quants else "F32"
+    parts = frozenset({"transformer"})
+    field = reader.fields.get(GGUF_TEST_KEY)
+    if field is not None:
+        size = bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+        return GgufInfo(ModelFamily.test, parts, params, size, quant)
+    embedder = tensors.get("context_embedder.weight")
+    hidden = min(int(d) for d in embedder.shape) if embedder is not None else 0
+    family = {2432: ModelFamily.sd35_large, 1536: ModelFamily.sd3_medium}.get(hidden)
+    if family is None:
+        raise ModelError(
+            f"{path.name} is an SD3-style transformer of an unknown width ({hidden})",
+            path=str(path),
+        )
+    if family is ModelFamily.sd3_medium and any(".x_block.attn2." in n for n in tensors):
+        family = ModelFamily.sd35_medium
+    return GgufInfo(family, parts, params, "", quant)
 
 
 def _not_sd3_reason(path: Path, keys: Any) -> str:
@@ -473,9 +538,22 @@ def source_from_path(
             "use the .safetensors version of this model",
             path=str(path),
         )
+    if suffix == ".gguf":
+        found = inspect_gguf(path)
+        return ModelSource(
+            kind or ModelKind.gguf,
+            path,
+            found.family,
+            name or path.stem,
+            reference,
+            found.parts,
+            found.component_params,
+            found.test_size,
+            quant=found.quant,
+        )
     if suffix != ".safetensors":
         raise ModelError(
-            f"{path.name} is not a model file sd3desk can load (expected .safetensors)",
+            f"{path.name} is not a model file sd3desk can load (expected .safetensors or .gguf)",
             path=str(path),
         )
     info = inspect_checkpoint(path)

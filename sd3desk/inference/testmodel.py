@@ -20,6 +20,7 @@ from sd3desk.inference.devices import quiet_libraries, t5_tokenizer_class
 
 MARKER_FILE = "sd3desk-test-model.json"
 HEADER_KEY = "sd3desk_test_model"  # safetensors __metadata__ key naming the test-model size
+GGUF_TEST_KEY = "sd3desk.test_size"  # the same, in the header of a test model's GGUF file
 NOTE = "sd3desk test model: random weights, produces noise; for trying the app and for tests"
 
 
@@ -308,4 +309,42 @@ def write_test_single_file(
     )
     path = Path(path)
     atomic_write_bytes(path, save(state, metadata={HEADER_KEY: size}))
+    return path
+
+
+def write_test_gguf(path: Path, quant: str = "Q8_0", size: str = "tiny") -> Path:
+    """Write the test model's MMDiT as a GGUF file the way the published SD3/SD3.5 GGUF files
+    are laid out: the original key names without "model.diffusion_model.", weight matrices in
+    `quant` (Q8_0, Q4_0, ... in blocks of 32 along a row), biases, norms and the position
+    embedding in F32."""
+    import gguf
+    import numpy as np
+
+    from sd3desk.core.atomic import atomic_write_bytes
+    from sd3desk.inference.checkpoint_layout import MMDIT_PREFIX, to_single_file_state_dict
+
+    pipe = build_pipeline(size)
+    state = to_single_file_state_dict(pipe.transformer, pipe.vae, None, None, None)
+    kind = gguf.GGMLQuantizationType[quant]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.writing")
+    writer = gguf.GGUFWriter(str(staging), "sd3")
+    writer.add_string(GGUF_TEST_KEY, size)
+    for key, tensor in state.items():
+        if not key.startswith(MMDIT_PREFIX):
+            continue
+        array = tensor.float().numpy()
+        name = key[len(MMDIT_PREFIX) :]
+        if array.ndim == 2 and name.endswith(".weight") and array.shape[-1] % 32 == 0:
+            packed = gguf.quants.quantize(array, kind)
+            writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=kind)
+        else:
+            writer.add_tensor(name, array.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    atomic_write_bytes(path, staging.read_bytes())  # (the writer needs a path of its own)
+    staging.unlink()
     return path

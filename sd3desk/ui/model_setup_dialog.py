@@ -150,7 +150,7 @@ class ModelSetupDialog(QDialog):
 
     def _local_box(self) -> QGroupBox:
         box = QGroupBox("2. A model file or folder you already have")
-        pick_file = named(QPushButton("SD3 .safetensors file…"), "pickFileButton")
+        pick_file = named(QPushButton("SD3 .safetensors or .gguf file…"), "pickFileButton")
         pick_file.clicked.connect(self._pick_file)
         pick_folder = named(QPushButton("Diffusers folder…"), "pickFolderButton")
         pick_folder.clicked.connect(self._pick_folder)
@@ -168,7 +168,7 @@ class ModelSetupDialog(QDialog):
 
     def _pick_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "An SD3 checkpoint", "", "safetensors (*.safetensors)"
+            self, "An SD3 checkpoint", "", "SD3 models (*.safetensors *.gguf)"
         )
         if path:
             self.use_local(path)
