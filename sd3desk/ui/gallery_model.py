@@ -41,6 +41,7 @@ class GalleryModel(QAbstractListModel):
         self.beginResetModel()
         self._pages.clear()
         self._row_of_path.clear()
+        self.thumbnails.failed.clear()  # (a changed file may have become readable)
         self._count = self.gallery.count(**self._query)
         self.endResetModel()
 

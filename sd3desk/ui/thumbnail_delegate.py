@@ -43,6 +43,9 @@ class ThumbnailDelegate(QStyledItemDelegate):
             target = QRect(0, 0, scaled.width(), scaled.height())
             target.moveCenter(inner.center())
             painter.drawImage(target, image)
+        elif row is not None and row.path in model.thumbnails.failed:
+            painter.setPen(palette.placeholderText().color())
+            painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, "no preview")
         if row is not None and row.favourite:
             painter.setPen(palette.brightText().color() if selected else Qt.GlobalColor.darkYellow)
             painter.drawText(

@@ -34,10 +34,12 @@ class ThumbnailLoader(QObject):
         self.cache_dir = Path(cache_dir)
         self._images: OrderedDict[str, QImage] = OrderedDict()
         self._pending: set[str] = set()
+        # Files no thumbnail could be made of (damaged, over the pixel budget): not asked for
+        # again each time their tile is painted, until the gallery is re-read or forget()
+        self.failed: set[str] = set()
         self._work = Background(self, pool=pool)
         self._work.finished.connect(self._on_work_finished)
-        # an unreadable or vanished file shows no thumbnail (it is asked for again when shown)
-        self._work.failed.connect(lambda path, _exc: self._pending.discard(path))
+        self._work.failed.connect(self._on_work_failed)
 
     def get(self, path: str) -> QImage | None:
         """The thumbnail if ready; else None, and it is requested."""
@@ -45,7 +47,7 @@ class ThumbnailLoader(QObject):
         if image is not None:
             self._images.move_to_end(path)
             return image
-        if path not in self._pending:
+        if path not in self._pending and path not in self.failed:
             self._pending.add(path)
             cache_dir = self.cache_dir
             self._work.submit(lambda: load_thumbnail(path, cache_dir), key=path)
@@ -53,6 +55,11 @@ class ThumbnailLoader(QObject):
 
     def forget(self, path: str) -> None:
         self._images.pop(path, None)
+        self.failed.discard(path)
+
+    def _on_work_failed(self, path: str, _exc: BaseException) -> None:
+        self._pending.discard(path)
+        self.failed.add(path)
 
     def _on_work_finished(self, path: str, image: QImage) -> None:
         self._pending.discard(path)

@@ -27,6 +27,7 @@ class ImageViewer(QWidget):
         super().__init__(parent)
         self.zoom: float | None = None
         self._image = QImage()
+        self._reason = ""  # why the image shown has no pixels (too large, damaged)
         self._upscale = False
         self._placeholder = ""
         self.picture = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
@@ -74,7 +75,7 @@ class ImageViewer(QWidget):
         from sd3desk.core.errors import MetadataError
         from sd3desk.core.metadata import a1111_text, read_metadata
 
-        self._image = QImage(str(path))
+        self._image, self._reason = _read_image(Path(path))
         self._upscale = False
         try:
             meta = read_metadata(path)
@@ -89,7 +90,7 @@ class ImageViewer(QWidget):
 
     def show_qimage(self, image: QImage, text: str) -> None:
         """An image not on disk yet (a live preview), scaled like any other."""
-        self._image = image
+        self._image, self._reason = image, ""
         self._upscale = True  # a small preview fills the space the final image will take
         self.params.setPlainText(text)
         self.params.show()
@@ -127,7 +128,7 @@ class ImageViewer(QWidget):
 
     def _render(self) -> None:
         if self._image.isNull():
-            self.picture.setText(self._placeholder)
+            self.picture.setText(self._reason or self._placeholder)
             self.picture.adjustSize()
             return
         factor = self._fit_factor() if self.zoom is None else self.zoom
@@ -143,3 +144,22 @@ class ImageViewer(QWidget):
         super().resizeEvent(event)
         if self.zoom is None:
             self._render()
+
+
+VIEW_BYTES_MAX = 256 * 2**20  # Qt's own limit for decoding one image (allocation limit)
+
+
+def _read_image(path: Path) -> tuple[QImage, str]:
+    """The image at `path`, or a null image and why: its size is read from the header first,
+    so an image past Qt's decoding limit (a "decompression bomb") is never decoded."""
+    from PySide6.QtGui import QImageReader
+
+    reader = QImageReader(str(path))
+    size = reader.size()
+    if size.isValid() and size.width() * size.height() * 4 > VIEW_BYTES_MAX:
+        return QImage(), f"{path.name} is {size.width()}x{size.height()} pixels: too large to show"
+    image = reader.read()
+    return (
+        image,
+        "" if not image.isNull() else f"{path.name} cannot be shown: {reader.errorString()}",
+    )

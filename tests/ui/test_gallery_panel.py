@@ -215,3 +215,52 @@ def test_a_new_image_shows_at_once(qtbot, panel, tmp_path):
     )
     panel.image_added(str(path))
     assert names(panel)[0] == "00001-9.png"
+
+
+def test_an_image_no_thumbnail_can_be_made_of_says_so_once(qtbot, tmp_path):
+    """A decompression bomb (a header saying 30000 x 30000): refused before decoding, drawn as
+    "no preview", and not asked for again on every repaint."""
+    import struct
+    import zlib
+
+    out = tmp_path / "outputs"
+    write(out / "good.png", "a fox", 1, "m", T0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 2, 0, 0, 0)
+    (out / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+    gallery = GalleryIndex(Store(tmp_path / "sd3desk.db"), out)
+    gallery.scan()
+    loader = ThumbnailLoader(tmp_path / "cache")
+    asked: list[str] = []
+    submit = loader._work.submit
+    loader._work.submit = lambda work, key: (asked.append(key), submit(work, key=key))  # type: ignore[method-assign]
+    bomb = str(out / "bomb.png")
+    assert loader.get(bomb) is None
+    qtbot.waitUntil(lambda: bomb in loader.failed, timeout=10_000)
+    assert loader.get(bomb) is None and loader.get(bomb) is None
+    assert asked == [bomb]
+    widget = GalleryPanel(GalleryModel(gallery, loader))
+    qtbot.addWidget(widget)
+    widget.resize(600, 400)
+    widget.show()
+    # (the model's first read of the index clears failures once: a file may have changed)
+    qtbot.waitUntil(lambda: str(out / "good.png") in loader._images, timeout=10_000)
+    qtbot.waitUntil(lambda: bomb in loader.failed, timeout=10_000)
+    before = asked.count(bomb)
+    widget.grab()  # paints the "no preview" tile without asking for it again
+    widget.grab()
+    assert asked.count(bomb) == before
+    viewer = ImageViewer()
+    qtbot.addWidget(viewer)
+    viewer.show_image(bomb)  # never decoded (Qt would warn, and fail this test, if it tried)
+    assert viewer.picture.text() == "bomb.png is 30000x30000 pixels: too large to show"
