@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from sd3desk.core.errors import (
     ModelError,
     SD3DeskError,
 )
+from sd3desk.core.jobs import JobState
 from sd3desk.core.params import (
     ASPECT_MAX,
     SEED_MAX,
@@ -88,6 +91,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(gen)
     gen.add_argument("--out", type=Path, help="output folder (default: your Pictures/sd3desk)")
     _add_engine_args(gen)
+
+    batch = commands.add_parser(
+        "batch",
+        help="make the images of a batch file (.txt prompts, .jsonl or .csv of settings); "
+        "resumable: a re-run skips the jobs done",
+    )
+    batch.add_argument("file", type=Path, help="the batch file (.txt, .jsonl or .csv)")
+    batch.add_argument("--model", required=True, help="as for generate (a line may name another)")
+    batch.add_argument(
+        "--out", type=Path, help="output folder; its manifest.jsonl lists the jobs done"
+    )
+    batch.add_argument("--negative", default="", help="what to avoid, where a line says nothing")
+    batch.add_argument("--steps", type=_numbers(int), help="steps, or a list to sweep: 20,28")
+    batch.add_argument("--guidance", type=_numbers(float), help="CFG scale, or a list: 4,5,7")
+    batch.add_argument("--width", type=int, help="256-2048, a multiple of 16")
+    batch.add_argument("--height", type=int, help="256-2048, a multiple of 16")
+    batch.add_argument("--aspect", help="aspect ratio at about one megapixel, as for generate")
+    batch.add_argument("--shift", type=float, help="scheduler shift, 0.1-20 (model default)")
+    batch.add_argument("--t5-length", type=int, help="T5 max sequence length, 1-512")
+    batch.add_argument("--seeds", type=int, default=1, help="images per prompt (default 1)")
+    batch.add_argument(
+        "--seed-start",
+        type=_seed,
+        default=None,
+        help="first seed of each prompt (default: one derived from the prompt's text)",
+    )
+    batch.add_argument("--wildcards", type=Path, help="folder of NAME.txt files for __NAME__")
+    batch.add_argument("--dry-run", action="store_true", help="print the jobs; make nothing")
+    batch.add_argument("--strict", action="store_true", help="a bad line stops the batch")
+    _add_engine_args(batch)
 
     queue = commands.add_parser("queue", help="the persistent job queue (shared with the window)")
     actions = queue.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -209,6 +242,20 @@ def _add_generation_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--t5-length", type=int, help="T5 max sequence length, 1-512 (default 256)")
 
 
+def _numbers(kind: type) -> Any:
+    """An argparse type: one number, or a comma-separated list of them (a sweep)."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number or a list like 4,5,7"
+            ) from None
+
+    return parse
+
+
 def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=[d.value for d in Device], help="default: auto")
     parser.add_argument("--memory", choices=[m.value for m in MemoryPlan], help="default: auto")
@@ -232,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = AppPaths.default(args.data_dir)
     handlers = {
         "generate": _generate,
+        "batch": _batch,
         "queue": _queue,
         "models": _models,
         "serve": _serve,
@@ -354,6 +402,149 @@ def _generate(args: argparse.Namespace, paths: AppPaths) -> int:
     runtime.runner.enqueue_many(jobs)
     outcome = run_queue(runtime, stop_on_failure=True, progress=TerminalProgress(sys.stderr))
     return _report(outcome)
+
+
+MANIFEST = "manifest.jsonl"
+
+
+def _batch(args: argparse.Namespace, paths: AppPaths) -> int:
+    """A batch file's jobs through the same runner and worker as `generate`, on a queue in
+    memory; each job done is a line of the output folder's manifest.jsonl (job index, file,
+    seed, key), so a re-run skips the jobs whose image is there and is theirs."""
+    from sd3desk.core.batch import job_key, read_batch
+    from sd3desk.inference.models import TEST_MODEL_REFS, resolve_model
+
+    # 1. the command line's settings, then the file's jobs, every one validated
+    singles: dict[str, Any] = {"negative_prompt": args.negative}
+    if args.aspect:
+        singles["width"], singles["height"] = size_for_aspect(args.aspect)
+    for name, attr in (("width", "width"), ("height", "height"), ("shift", "shift")):
+        if getattr(args, attr) is not None:
+            singles[name] = getattr(args, attr)
+    if args.t5_length is not None:
+        singles["max_sequence_length"] = args.t5_length
+    grid: dict[str, list[Any]] = {}
+    for name, values in (("steps", args.steps), ("guidance_scale", args.guidance)):
+        if values and len(values) == 1:
+            singles[name] = values[0]
+        elif values:
+            grid[name] = values
+    if not 1 <= args.seeds <= 10_000:
+        raise InvalidParamsError([FieldError("seeds", "must be between 1 and 10000")])
+    source = resolve_model(args.model, test_model_dir=paths.test_model)
+    local = args.model not in TEST_MODEL_REFS and Path(args.model).exists()
+    reference = str(Path(args.model).resolve()) if local else args.model
+    base = defaults_for(source.family, model=reference).replace(**singles)
+    plan = read_batch(
+        args.file,
+        base,
+        seeds=args.seeds,
+        seed_start=args.seed_start,
+        grid=grid,
+        wildcards=args.wildcards,
+        strict=args.strict,
+        max_side=source.max_side,
+    )
+    for bad in plan.bad_lines:
+        print(f"skipped {args.file.name} {bad}", file=sys.stderr)
+    if args.dry_run:
+        print(f"{len(plan.jobs)} jobs from {args.file.name}")
+        for index, job in enumerate(plan.jobs[:10]):
+            print(
+                f"{index:6d} · seed {job.seed} · {job.width}x{job.height} · {job.steps} steps · "
+                f"CFG {job.guidance_scale:g} · {job.prompt[:60]!r}"
+            )
+        return ExitCode.ok
+    # 2. what an earlier run made already (its image there, and holding this job's request)
+    settings = _settings(args, paths, gpu_workers=1)
+    manifest = Path(settings.output_dir or paths.outputs) / MANIFEST
+    done = _done_jobs(manifest, plan.jobs, job_key)
+    todo = [(i, job) for i, job in enumerate(plan.jobs) if i not in done]
+    print(
+        f"batch: {len(plan.jobs)} jobs, {len(done)} done before, {len(todo)} to make",
+        file=sys.stderr,
+    )
+    if not todo:
+        return ExitCode.ok
+    # 3. the rest, each landing in the manifest as it finishes
+    from sd3desk.headless import TerminalProgress, run_queue
+    from sd3desk.runtime.runtime import IN_MEMORY, build_runtime
+
+    runtime = build_runtime(paths, settings, database=IN_MEMORY)
+    queued = runtime.runner.enqueue_many([job for _, job in todo])
+    index_of = {job.id: index for job, (index, _) in zip(queued, todo, strict=True)}
+
+    def on_job_changed(event: Any) -> None:
+        job = event.job
+        if job.state is JobState.finished and job.id in index_of:
+            entry = {
+                "index": index_of[job.id],
+                "file": str(Path(job.outputs[0]).resolve()),
+                "seed": job.params.seed,
+                "key": job_key(job.params),
+            }
+            _append_line(manifest, json.dumps(entry))
+
+    runtime.runner.job_changed.connect(on_job_changed)
+    outcome = run_queue(runtime, stop_on_failure=False, progress=TerminalProgress(sys.stderr))
+    return _report(outcome)
+
+
+def _done_jobs(manifest: Path, jobs: list[GenerationParams], key: Any) -> set[int]:
+    """Indices of `jobs` made already: those the manifest lists with the same key whose image
+    is still there and holds that request (a file replaced or deleted since is made again),
+    and those whose image is in the folder but not yet in the manifest (the process stopped
+    between saving it and writing the line): adopted and written down, never made twice."""
+    from sd3desk.core.errors import MetadataError
+    from sd3desk.core.metadata import read_metadata
+
+    done: set[int] = set()
+    try:
+        lines = manifest.read_text("utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    listed: set[str] = set()
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            index, path = int(entry["index"]), Path(entry["file"])
+        except (ValueError, KeyError, TypeError):
+            continue  # (a line cut short by a crash)
+        if not 0 <= index < len(jobs) or entry.get("key") != key(jobs[index]):
+            continue
+        try:
+            if read_metadata(path).params == jobs[index]:
+                done.add(index)
+                listed.add(str(path))
+        except MetadataError:
+            continue
+    waiting: dict[str, list[int]] = {}
+    for index, job in enumerate(jobs):
+        if index not in done:
+            waiting.setdefault(key(job), []).append(index)
+    for image in sorted(manifest.parent.rglob("*.png")) if waiting else []:
+        if str(image.resolve()) in listed:
+            continue
+        try:
+            params = read_metadata(image, fast=True).params
+        except MetadataError:
+            continue
+        indices = waiting.get(key(params))
+        if indices:
+            index = indices.pop(0)
+            done.add(index)
+            entry = {"index": index, "file": str(image.resolve()), "seed": params.seed}
+            _append_line(manifest, json.dumps({**entry, "key": key(params)}))
+    return done
+
+
+def _append_line(path: Path, line: str) -> None:
+    """One whole line at the end of `path`, on disk before returning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _queue(args: argparse.Namespace, paths: AppPaths) -> int:
