@@ -455,22 +455,44 @@ def _batch(args: argparse.Namespace, paths: AppPaths) -> int:
                 f"CFG {job.guidance_scale:g} · {job.prompt[:60]!r}"
             )
         return ExitCode.ok
-    # 2. what an earlier run made already (its image there, and holding this job's request)
+    # 2. this process's share (every process expands the same list: job k is the same job),
+    # less what an earlier run made already (its image there, holding this job's request)
+    from sd3desk.inference.distributed import Ranks
+
+    ranks = Ranks.from_env()
     settings = _settings(args, paths, gpu_workers=1)
-    manifest = Path(settings.output_dir or paths.outputs) / MANIFEST
-    done = _done_jobs(manifest, plan.jobs, job_key)
-    todo = [(i, job) for i, job in enumerate(plan.jobs) if i not in done]
+    out = Path(settings.output_dir or paths.outputs)
+    manifest = out / MANIFEST
+    done = _done_jobs(manifest, plan.jobs, job_key, adopt=ranks.main)
+    todo = [(i, job) for i, job in enumerate(plan.jobs) if i not in done and ranks.mine(i)]
+    where = f" (process {ranks.rank + 1} of {ranks.world})" if ranks.world > 1 else ""
     print(
-        f"batch: {len(plan.jobs)} jobs, {len(done)} done before, {len(todo)} to make",
+        f"batch{where}: {len(plan.jobs)} jobs, {len(done)} done before, {len(todo)} to make",
         file=sys.stderr,
     )
-    if not todo:
-        return ExitCode.ok
-    # 3. the rest, each landing in the manifest as it finishes
+    # 3. the rest, each landing in this process's part of the manifest as it finishes
+    part = manifest.with_name(f"manifest.part-{ranks.rank}.jsonl") if ranks.world > 1 else manifest
+    outcome = None
+    if todo:
+        outcome = _run_batch(paths, settings, todo, part, ranks.local)
+    # 4. every process done: the first merges the parts into the manifest and sums up
+    ranks.wait_for_everyone()
+    if ranks.world > 1 and ranks.main:
+        merged = _merge_manifest(out)
+        print(f"batch: {len(merged)} of {len(plan.jobs)} jobs done", file=sys.stderr)
+    ranks.close()
+    return _report(outcome) if outcome is not None else ExitCode.ok
+
+
+def _run_batch(
+    paths: AppPaths, settings: Settings, todo: list[tuple[int, Any]], part: Path, device: int
+) -> Any:
+    from sd3desk.core.batch import job_key
     from sd3desk.headless import TerminalProgress, run_queue
     from sd3desk.runtime.runtime import IN_MEMORY, build_runtime
 
     runtime = build_runtime(paths, settings, database=IN_MEMORY)
+    runtime.first_device = device
     queued = runtime.runner.enqueue_many([job for _, job in todo])
     index_of = {job.id: index for job, (index, _) in zip(queued, todo, strict=True)}
 
@@ -483,28 +505,56 @@ def _batch(args: argparse.Namespace, paths: AppPaths) -> int:
                 "seed": job.params.seed,
                 "key": job_key(job.params),
             }
-            _append_line(manifest, json.dumps(entry))
+            _append_line(part, json.dumps(entry))
 
     runtime.runner.job_changed.connect(on_job_changed)
-    outcome = run_queue(runtime, stop_on_failure=False, progress=TerminalProgress(sys.stderr))
-    return _report(outcome)
+    return run_queue(runtime, stop_on_failure=False, progress=TerminalProgress(sys.stderr))
 
 
-def _done_jobs(manifest: Path, jobs: list[GenerationParams], key: Any) -> set[int]:
+def _manifest_lines(out: Path) -> list[str]:
+    """The manifest's lines, and those of parts the processes of a run wrote (a run that died
+    before merging them leaves them for the next)."""
+    lines: list[str] = []
+    for path in [out / MANIFEST, *sorted(out.glob("manifest.part-*.jsonl"))]:
+        try:
+            lines += path.read_text("utf-8").splitlines()
+        except FileNotFoundError:
+            continue
+    return lines
+
+
+def _merge_manifest(out: Path) -> dict[int, str]:
+    """The manifest rewritten from itself and the parts (one line per job index, the last
+    written winning), all or nothing; the parts removed after."""
+    from sd3desk.core.atomic import atomic_write_bytes
+
+    entries: dict[int, str] = {}
+    for line in _manifest_lines(out):
+        try:
+            entries[int(json.loads(line)["index"])] = line
+        except (ValueError, KeyError, TypeError):
+            continue
+    text = "".join(entries[i] + "\n" for i in sorted(entries))
+    atomic_write_bytes(out / MANIFEST, text.encode("utf-8"))
+    for part in out.glob("manifest.part-*.jsonl"):
+        part.unlink(missing_ok=True)
+    return entries
+
+
+def _done_jobs(
+    manifest: Path, jobs: list[GenerationParams], key: Any, adopt: bool = True
+) -> set[int]:
     """Indices of `jobs` made already: those the manifest lists with the same key whose image
     is still there and holds that request (a file replaced or deleted since is made again),
     and those whose image is in the folder but not yet in the manifest (the process stopped
-    between saving it and writing the line): adopted and written down, never made twice."""
+    between saving it and writing the line): adopted, never made twice, and written down when
+    `adopt` (one process of a run writes them)."""
     from sd3desk.core.errors import MetadataError
     from sd3desk.core.metadata import read_metadata
 
     done: set[int] = set()
-    try:
-        lines = manifest.read_text("utf-8").splitlines()
-    except FileNotFoundError:
-        lines = []
     listed: set[str] = set()
-    for line in lines:
+    for line in _manifest_lines(manifest.parent):
         try:
             entry = json.loads(line)
             index, path = int(entry["index"]), Path(entry["file"])
@@ -534,7 +584,8 @@ def _done_jobs(manifest: Path, jobs: list[GenerationParams], key: Any) -> set[in
             index = indices.pop(0)
             done.add(index)
             entry = {"index": index, "file": str(image.resolve()), "seed": params.seed}
-            _append_line(manifest, json.dumps({**entry, "key": key(params)}))
+            if adopt:
+                _append_line(manifest, json.dumps({**entry, "key": key(params)}))
     return done
 
 

@@ -100,6 +100,7 @@ class Runtime:
         self.runner.broken.connect(lambda error: self.notices.error(error.message, error.advice))
         self.runner.engine_state_changed.connect(self._on_runner_engine_state_changed)
         self._stopped = False
+        self.first_device = 0  # CUDA device of worker 0 (a batch process: its local rank)
 
     def _notice_load_crash(self, crash: LoadCrash) -> None:
         if crash.paused:
@@ -133,7 +134,7 @@ class Runtime:
             device=s.device,
             memory_plan=s.memory_plan,
             model_dirs=self.model_dirs(),
-            device_index=index,
+            device_index=self.first_device + index,
             use_t5=s.use_t5,
         )
 

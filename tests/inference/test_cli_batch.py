@@ -83,3 +83,55 @@ def test_a_batch_makes_its_images_once_and_resumes_after_a_kill(tmp_path):
     assert made.returncode == 0, made.stderr
     single = Path(made.stdout.split()[-1])
     assert np.array_equal(np.asarray(Image.open(single)), np.asarray(Image.open(entry["file"])))
+
+
+def test_two_processes_under_torchrun_share_a_batch_with_no_job_twice(tmp_path, tiny_model_dir):
+    """`torchrun --nproc_per_node=2` (gloo on the CPU): each process takes every second job,
+    both write into one folder without a name colliding, the first merges the manifest; the
+    images are those one process makes of the same batch."""
+    import socket
+
+    batch = tmp_path / "prompts.txt"
+    batch.write_text("".join(f"prompt number {n}\n" for n in range(5)))
+    with socket.socket() as probe:  # a free port for the process group
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    common = ("batch", str(batch), "--model", str(tiny_model_dir), "--steps", "2")
+    shared = tmp_path / "shared"
+    launched = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={port}",
+            "-m",
+            "sd3desk",
+            "--data-dir",
+            str(tmp_path),
+            *common,
+            "--out",
+            str(shared),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "process 1 of 2" in launched.stderr and "process 2 of 2" in launched.stderr
+    assert "batch: 5 of 5 jobs done" in launched.stderr
+    entries = manifest(shared)
+    assert [e["index"] for e in entries] == [0, 1, 2, 3, 4]
+    assert not list(shared.glob("manifest.part-*"))
+    assert len(list(shared.rglob("*.png"))) == 5
+    # (one thread, as torchrun gives each process: CPU sums in another order with more threads)
+    alone = sd3desk(
+        tmp_path, *common, "--out", str(tmp_path / "alone"), env={"OMP_NUM_THREADS": "1"}
+    )
+    assert alone.returncode == 0, alone.stderr
+    for entry, single in zip(entries, manifest(tmp_path / "alone"), strict=True):
+        assert entry["key"] == single["key"]
+        same = np.asarray(Image.open(entry["file"])), np.asarray(Image.open(single["file"]))
+        assert np.array_equal(*same)
