@@ -322,7 +322,18 @@ def _explicit_params(args: argparse.Namespace) -> dict[str, Any]:
         "prompt": args.prompt,
         "negative_prompt": args.negative,
         "seed": args.seed,
+        **_size_fields(args),
     }
+    for name, attr in (("steps", "steps"), ("guidance_scale", "guidance")):
+        if getattr(args, attr) is not None:
+            values[name] = getattr(args, attr)
+    values["batch_size"] = args.batch
+    return values
+
+
+def _size_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Size (--aspect, or --width/--height), shift and T5 length, where given."""
+    values: dict[str, Any] = {}
     if args.aspect:
         if args.width or args.height:
             raise InvalidParamsError(
@@ -330,8 +341,6 @@ def _explicit_params(args: argparse.Namespace) -> dict[str, Any]:
             )
         values["width"], values["height"] = size_for_aspect(args.aspect)
     for name, attr in (
-        ("steps", "steps"),
-        ("guidance_scale", "guidance"),
         ("width", "width"),
         ("height", "height"),
         ("shift", "shift"),
@@ -339,13 +348,21 @@ def _explicit_params(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if getattr(args, attr) is not None:
             values[name] = getattr(args, attr)
-    values["batch_size"] = args.batch
     return values
+
+
+def _model_reference(model: str) -> str:
+    """What goes into each image's parameters for --model: a local path made absolute, so a
+    re-run from elsewhere finds the same file; a repo id or "test" as given."""
+    from sd3desk.inference.models import TEST_MODEL_REFS
+
+    local = model not in TEST_MODEL_REFS and Path(model).exists()
+    return str(Path(model).resolve()) if local else model
 
 
 def _jobs_from_args(args: argparse.Namespace, paths: AppPaths) -> list[GenerationParams]:
     """The validated requests for --count images in jobs of --batch (image k: seed + k)."""
-    from sd3desk.inference.models import TEST_MODEL_REFS, resolve_model
+    from sd3desk.inference.models import resolve_model
 
     # 1. what was given, against the app's own ranges, before touching any model
     explicit = _explicit_params(args)
@@ -354,10 +371,7 @@ def _jobs_from_args(args: argparse.Namespace, paths: AppPaths) -> list[Generatio
     check(GenerationParams(**explicit))
     # 2. the model (offline, headers only) and its family's defaults and limits
     source = resolve_model(args.model, test_model_dir=paths.test_model)
-    # Saved with each image, so a re-run from elsewhere finds the same file.
-    local = args.model not in TEST_MODEL_REFS and Path(args.model).exists()
-    reference = str(Path(args.model).resolve()) if local else args.model
-    base = defaults_for(source.family, model=reference)
+    base = defaults_for(source.family, model=_model_reference(args.model))
     params = check(base.replace(**explicit), source.max_side).with_concrete_seed()
     jobs = []
     for first in range(0, args.count, params.batch_size):
@@ -412,17 +426,10 @@ def _batch(args: argparse.Namespace, paths: AppPaths) -> int:
     memory; each job done is a line of the output folder's manifest.jsonl (job index, file,
     seed, key), so a re-run skips the jobs whose image is there and is theirs."""
     from sd3desk.core.batch import job_key, read_batch
-    from sd3desk.inference.models import TEST_MODEL_REFS, resolve_model
+    from sd3desk.inference.models import resolve_model
 
     # 1. the command line's settings, then the file's jobs, every one validated
-    singles: dict[str, Any] = {"negative_prompt": args.negative}
-    if args.aspect:
-        singles["width"], singles["height"] = size_for_aspect(args.aspect)
-    for name, attr in (("width", "width"), ("height", "height"), ("shift", "shift")):
-        if getattr(args, attr) is not None:
-            singles[name] = getattr(args, attr)
-    if args.t5_length is not None:
-        singles["max_sequence_length"] = args.t5_length
+    singles: dict[str, Any] = {"negative_prompt": args.negative, **_size_fields(args)}
     grid: dict[str, list[Any]] = {}
     for name, values in (("steps", args.steps), ("guidance_scale", args.guidance)):
         if values and len(values) == 1:
@@ -432,9 +439,7 @@ def _batch(args: argparse.Namespace, paths: AppPaths) -> int:
     if not 1 <= args.seeds <= 10_000:
         raise InvalidParamsError([FieldError("seeds", "must be between 1 and 10000")])
     source = resolve_model(args.model, test_model_dir=paths.test_model)
-    local = args.model not in TEST_MODEL_REFS and Path(args.model).exists()
-    reference = str(Path(args.model).resolve()) if local else args.model
-    base = defaults_for(source.family, model=reference).replace(**singles)
+    base = defaults_for(source.family, model=_model_reference(args.model)).replace(**singles)
     plan = read_batch(
         args.file,
         base,

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SQLITE_INT_MAX = 2**63 - 1
+# A row's columns after path, mtime_ns, size and created for a file without parameters: no
+# prompts, seed, size or model, "{}" as parameters, source "none"
+_NO_PARAMETERS = ("", "", None, None, None, "", "", "{}", "none")
 # The most memory a thumbnail's decoded bitmap may take: 40 megapixels of RGBA (an 8K image
 # decodes; a "decompression bomb" PNG of 100,000 x 100,000 tiny on disk is refused)
 THUMBNAIL_DECODE_MAX = 160 * 2**20
@@ -120,22 +123,7 @@ class GalleryIndex:
             log.exception("reading the parameters of %s failed", path)
             meta = None
         if meta is None:
-            values = (
-                path,
-                stat.st_mtime_ns,
-                stat.st_size,
-                stat.st_mtime,
-                "",
-                "",
-                None,
-                None,
-                None,
-                "",
-                "",
-                "{}",
-                "none",
-            )
-            return values, False
+            return (path, stat.st_mtime_ns, stat.st_size, stat.st_mtime, *_NO_PARAMETERS), False
         p, missing = meta.params, meta.missing
         values = (
             path,
@@ -224,7 +212,7 @@ class GalleryIndex:
                     self._upsert([row])
                 except (sqlite3.InterfaceError, sqlite3.DataError, OverflowError, ValueError):
                     log.warning("indexing %s without parameters: the index refused them", row[0])
-                    self._upsert([(*row[:4], "", "", None, None, None, "", "", "{}", "none")])
+                    self._upsert([(*row[:4], *_NO_PARAMETERS)])
         self.db.execute("COMMIT")
         pending.clear()
 

@@ -173,12 +173,13 @@ def _numel(entry: Any) -> int:
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """What a single-file checkpoint holds, read from its header."""
+    """What a single-file checkpoint (safetensors or GGUF) holds, read from its header."""
 
     family: ModelFamily
     parts: frozenset[str]
     component_params: dict[str, int]
     test_size: str = ""
+    quant: str = ""  # a GGUF file's quantization
 
 
 def inspect_checkpoint(path: Path) -> CheckpointInfo:
@@ -250,12 +251,7 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     return CheckpointInfo(family, frozenset(parts), params)
 
 
-@dataclass(frozen=True)
-class GgufInfo(CheckpointInfo):
-    quant: str = ""
-
-
-def inspect_gguf(path: Path) -> GgufInfo:
+def inspect_gguf(path: Path) -> CheckpointInfo:
     """Family and quantization of a GGUF SD3/SD3.5 transformer (the MMDiT alone, in the
     original key layout with or without "model.diffusion_model."), read from its header and
     tensor table; the tensors are memory-mapped, never read."""
@@ -288,7 +284,7 @@ def inspect_gguf(path: Path) -> GgufInfo:
     field = reader.fields.get(GGUF_TEST_KEY)
     if field is not None:
         size = bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
-        return GgufInfo(ModelFamily.test, parts, params, size, quant)
+        return CheckpointInfo(ModelFamily.test, parts, params, size, quant)
     embedder = tensors.get("context_embedder.weight")
     hidden = min(int(d) for d in embedder.shape) if embedder is not None else 0
     family = {2432: ModelFamily.sd35_large, 1536: ModelFamily.sd3_medium}.get(hidden)
@@ -299,7 +295,7 @@ def inspect_gguf(path: Path) -> GgufInfo:
         )
     if family is ModelFamily.sd3_medium and any(".x_block.attn2." in n for n in tensors):
         family = ModelFamily.sd35_medium
-    return GgufInfo(family, parts, params, "", quant)
+    return CheckpointInfo(family, parts, params, "", quant)
 
 
 def _not_sd3_reason(path: Path, keys: Any) -> str:
@@ -367,9 +363,9 @@ _KNOWN_LIBRARIES = ("diffusers", "transformers", None)
 def custom_code_notices(folder: Path, index: dict[str, Any]) -> tuple[str, ...]:
     """What a folder asks to run of its own (custom pipeline or component classes, `auto_map`
     in a config), said to the user: sd3desk never runs it and loads the standard SD3 classes."""
-    named = []
-    if index.get("_class_name") != SD3_PIPELINE or "custom_pipeline" in index:
-        named.append(f"pipeline {index.get('custom_pipeline') or index.get('_class_name')}")
+    named = []  # (a pipeline class other than SD3's was refused by inspect_folder already)
+    if "custom_pipeline" in index:
+        named.append(f"pipeline {index['custom_pipeline']}")
     for part, entry in index.items():
         if part.startswith("_") or not isinstance(entry, list) or len(entry) != 2:
             continue
@@ -421,9 +417,12 @@ def _folder_params(folder: Path, part: str) -> int:
     return total
 
 
-def inspect_folder(folder: Path) -> tuple[ModelFamily, frozenset[str], dict[str, int], str]:
-    """Family, parts with weights, parameter counts and test size of a diffusers folder."""
-    index = _read_json(folder / "model_index.json")
+def inspect_folder(
+    folder: Path, index: dict[str, Any] | None = None
+) -> tuple[ModelFamily, frozenset[str], dict[str, int], str]:
+    """Family, parts with weights, parameter counts and test size of a diffusers folder
+    (`index`: its model_index.json, when read already)."""
+    index = _read_json(folder / "model_index.json") if index is None else index
     if index.get("_class_name") != SD3_PIPELINE:
         raise ModelError(
             f"{folder} holds a {index.get('_class_name', 'unknown')} model; "
@@ -518,7 +517,8 @@ def source_from_path(
                 path=str(path),
             )
         check_folder_files(path)
-        family, parts, params, test_size = inspect_folder(path)
+        index = _read_json(path / "model_index.json")
+        family, parts, params, test_size = inspect_folder(path, index)
         return ModelSource(
             kind or ModelKind.folder,
             path,
@@ -528,7 +528,7 @@ def source_from_path(
             parts,
             params,
             test_size,
-            custom_code_notices(path, _read_json(path / "model_index.json")),
+            custom_code_notices(path, index),
         )
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
@@ -539,26 +539,16 @@ def source_from_path(
             path=str(path),
         )
     if suffix == ".gguf":
-        found = inspect_gguf(path)
-        return ModelSource(
-            kind or ModelKind.gguf,
-            path,
-            found.family,
-            name or path.stem,
-            reference,
-            found.parts,
-            found.component_params,
-            found.test_size,
-            quant=found.quant,
-        )
-    if suffix != ".safetensors":
+        info, default_kind = inspect_gguf(path), ModelKind.gguf
+    elif suffix == ".safetensors":
+        info, default_kind = inspect_checkpoint(path), ModelKind.single_file
+    else:
         raise ModelError(
             f"{path.name} is not a model file sd3desk can load (expected .safetensors or .gguf)",
             path=str(path),
         )
-    info = inspect_checkpoint(path)
     return ModelSource(
-        kind or ModelKind.single_file,
+        kind or default_kind,
         path,
         info.family,
         name or path.stem,
@@ -566,6 +556,7 @@ def source_from_path(
         info.parts,
         info.component_params,
         info.test_size,
+        quant=info.quant,
     )
 
 

@@ -211,12 +211,11 @@ _RESOLUTION = re.compile(r"^\(?\s*(\d{1,6})\s*[,x×]\s*(\d{1,6})\s*\)?$")
 def _fooocus(texts: dict[str, str]) -> ImageMetadata | None:
     text = texts.get("parameters", "")
     scheme = texts.get("fooocus_scheme", "")
-    if scheme != "fooocus" and not (
-        text.lstrip().startswith("{") and '"fooocus' in text[:200_000].lower()
-    ):
-        return None
+    # (Fooocus in A1111 form, not JSON, is read as A1111)
     if not text.lstrip().startswith("{"):
-        return None  # Fooocus in A1111 form: read as A1111
+        return None
+    if scheme != "fooocus" and '"fooocus' not in text[:200_000].lower():
+        return None
     record = _json_object(text, "Fooocus metadata")
     values = _mapped(
         record,
