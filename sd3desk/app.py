@@ -125,7 +125,7 @@ def _make_gallery(runtime: Runtime):
     from sd3desk.ui.thumbnails import ThumbnailLoader
 
     panel = GalleryPanel(GalleryModel(runtime.gallery, ThumbnailLoader(runtime.paths.cache)))
-    panel.watch(GalleryScanner(runtime.paths.database, runtime.out_dir))
+    panel.watch(GalleryScanner(runtime.paths.database, runtime.gallery.folders))
     return panel
 
 

@@ -15,7 +15,7 @@ import re
 import sqlite3
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,16 +101,22 @@ def _fts_query(text: str) -> str:
 
 
 class GalleryIndex:
-    """Index of the images under one output folder.
+    """Index of the images under the output folder and any other folders the user added (a
+    batch's --out folder, another tool's outputs).
 
     Thread rule: use it from the thread that owns the Store (the GUI thread); a background
     rebuild opens its own Store on the same file.
     """
 
-    def __init__(self, store: Store, folder: Path) -> None:
+    def __init__(self, store: Store, folder: Path, extra: Sequence[Path | str] = ()) -> None:
         self.store = store
         self.db = store.db
         self.folder = Path(folder)
+        self.extra = [Path(f) for f in extra]
+
+    @property
+    def folders(self) -> list[Path]:
+        return [self.folder, *self.extra]
 
     # ------------------------------------------------------------------ keeping in step with files
 
@@ -170,7 +176,11 @@ class GalleryIndex:
             path: (mtime, size)
             for path, mtime, size in self.db.execute("SELECT path, mtime_ns, size FROM images")
         }
-        entries = list(_iter_images(self.folder))
+        found: dict[str, os.DirEntry] = {}  # (once each, when one folder is inside another)
+        for folder in self.folders:
+            for entry in _iter_images(folder):
+                found.setdefault(entry.path, entry)
+        entries = list(found.values())
         seen: set[str] = set()
         pending: list[tuple] = []
         added = updated = unreadable = 0

@@ -127,6 +127,7 @@ class Settings:
     version: int = SETTINGS_VERSION
     output_dir: str = ""  # "" means AppPaths.outputs
     model_dirs: tuple[str, ...] = ()
+    gallery_dirs: tuple[str, ...] = ()  # shown in the gallery besides the output folder
     device: Device = Device.auto
     memory_plan: MemoryPlan = MemoryPlan.auto
     last_model: str = ""
@@ -146,6 +147,7 @@ class Settings:
             "version": self.version,
             "output_dir": self.output_dir,
             "model_dirs": list(self.model_dirs),
+            "gallery_dirs": list(self.gallery_dirs),
             "device": self.device.value,
             "memory_plan": self.memory_plan.value,
             "last_model": self.last_model,
@@ -190,7 +192,7 @@ def _parse_setting(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
             raise ValueError(key)
         return value
-    if key == "model_dirs":
+    if key in ("model_dirs", "gallery_dirs"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TypeError(key)
         return tuple(value)

@@ -93,7 +93,7 @@ class Runtime:
         self.runner = Runner(queue, OutputPlan(self.out_dir))
         self.catalog = ModelCatalog(self.model_dirs())
         # 4. the gallery index: every finished image is in it at once, whichever door asked
-        self.gallery = GalleryIndex(self.store, self.out_dir)
+        self.gallery = GalleryIndex(self.store, self.out_dir, settings.gallery_dirs)
         self._engine_factory = engine_factory
         self._background = Background()
         self.runner.job_changed.connect(self._on_runner_job_changed)
@@ -184,6 +184,7 @@ class Runtime:
         device, memory plan, T5 or model folders changed). The output folder and the number of
         workers apply at the next start."""
         old, self.settings = self.settings, settings
+        self.gallery.extra = [Path(f) for f in settings.gallery_dirs]
         engine_fields = ("device", "memory_plan", "use_t5", "model_dirs")
         changed = any(getattr(old, f) != getattr(settings, f) for f in engine_fields)
         if changed:

@@ -131,9 +131,10 @@ class Door:
             index = self._local.gallery = GalleryIndex(store, self.out_dir)
         return index
 
-    def output_file(self, path: str | Path) -> Path | None:
+    def output_file(self, path: str | Path, folders: list[Path] | None = None) -> Path | None:
         """`path` (absolute, or relative to the output folder) when it is an image file inside
-        the output folder, after following links; None for anything else."""
+        the output folder (or one of `folders`), after following links; None for anything
+        else."""
         candidate = Path(path)
         if not candidate.is_absolute():
             candidate = self.out_dir / candidate
@@ -141,12 +142,16 @@ class Door:
             resolved = candidate.resolve(strict=True)
         except (OSError, RuntimeError):
             return None
-        if (
-            not resolved.is_relative_to(self.out_dir)
-            or resolved.suffix.lower() not in IMAGE_SUFFIXES
-        ):
+        inside = any(resolved.is_relative_to(f) for f in folders or [self.out_dir])
+        if not inside or resolved.suffix.lower() not in IMAGE_SUFFIXES:
             return None
         return resolved if resolved.is_file() else None
+
+    def gallery_file(self, path: str | Path) -> Path | None:
+        """`path` when it is an image file inside one of the gallery's folders (the output
+        folder and those the user added to the gallery)."""
+        folders = [self.out_dir, *(Path(f).resolve() for f in self.runtime.settings.gallery_dirs)]
+        return self.output_file(path, folders)
 
     def relative(self, path: str | Path) -> str:
         """An output file's path inside the output folder, as URLs carry it."""

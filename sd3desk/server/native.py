@@ -343,7 +343,7 @@ def search_images(
 def _image_file(request: Request, image_id: int) -> tuple[Door, Any]:
     door = door_of(request)
     row = door.gallery().get(image_id)
-    if row is None or door.output_file(row.path) is None:
+    if row is None or door.gallery_file(row.path) is None:
         raise ApiError(404, f"there is no image {image_id}")
     return door, row
 
@@ -351,7 +351,7 @@ def _image_file(request: Request, image_id: int) -> tuple[Door, Any]:
 @router.get("/images/{image_id}", summary="An image file, with its metadata")
 def get_image(image_id: ImageId, request: Request) -> FileResponse:
     door, row = _image_file(request, image_id)
-    path = door.output_file(row.path)
+    path = door.gallery_file(row.path)
     assert path is not None
     return FileResponse(path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSize, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QImage, QKeySequence
@@ -26,6 +27,9 @@ from sd3desk.ui.form_fields import TITLES
 from sd3desk.ui.gallery_model import ROW_ROLE, GalleryModel
 from sd3desk.ui.thumbnail_delegate import ThumbnailDelegate
 from sd3desk.ui.thumbnails import SIZE
+
+if TYPE_CHECKING:
+    from sd3desk.runtime.gallery_scanner import GalleryScanner
 
 ALL_MODELS = "All models"
 # Fields no other tool writes (SD3 specifics of ours): not named when a file lacks them
@@ -71,6 +75,7 @@ class GalleryPanel(QWidget):
     def __init__(self, model: GalleryModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.model = model
+        self.scanner: GalleryScanner | None = None  # (set by watch)
         self.search = QLineEdit(placeholderText="Search prompts…", clearButtonEnabled=True)
         self.search.setObjectName("gallerySearch")
         self.search.setAccessibleName("Search prompts")
@@ -111,7 +116,7 @@ class GalleryPanel(QWidget):
 
     # ------------------------------------------------------------------ keeping in step with files
 
-    def watch(self, scanner) -> None:
+    def watch(self, scanner: GalleryScanner) -> None:
         """Rescan with `scanner` (a GalleryScanner) now and whenever the app becomes active
         again, so files added or removed outside sd3desk show up; refresh when one finishes."""
         from PySide6.QtGui import QGuiApplication
@@ -125,7 +130,7 @@ class GalleryPanel(QWidget):
         scanner.start()
 
     def _on_app_state_changed(self, state) -> None:
-        if state == Qt.ApplicationState.ApplicationActive:
+        if state == Qt.ApplicationState.ApplicationActive and self.scanner is not None:
             self.scanner.start()
 
     def _on_scanner_finished(self, result) -> None:

@@ -47,6 +47,7 @@ from sd3desk.ui.widgets import named, tool_button
 
 if TYPE_CHECKING:  # imported when first used: the first frame need not wait for them
     from sd3desk.core.metadata import ImageMetadata
+    from sd3desk.ui.batch_dialog import AddFromFileDialog
     from sd3desk.ui.gallery_panel import GalleryPanel
     from sd3desk.ui.model_setup_dialog import ModelSetupDialog
 
@@ -162,6 +163,7 @@ class MainWindow(QMainWindow):
         file_menu = self.menuBar().addMenu("&File")
         action(file_menu, "&Open image…", self.open_image, QKeySequence.StandardKey.Open)
         action(file_menu, "Open &output folder", self.open_output_folder)
+        action(file_menu, "Add a folder to the &gallery…", self.add_gallery_folder)
         file_menu.addSeparator()
         self.setup_action = action(
             file_menu, "&Models…", self.open_model_setup, "Ctrl+M", "modelSetupAction"
@@ -175,6 +177,10 @@ class MainWindow(QMainWindow):
         for queue_action in (self.queue_panel.pause, self.queue_panel.stop_after):
             queue_menu.addAction(queue_action)
         queue_menu.addAction(self.queue_panel.clear)
+        queue_menu.addSeparator()
+        action(
+            queue_menu, "Add from &file…", self.add_from_file, "Ctrl+Shift+O", "addFromFileAction"
+        )
         view_menu = self.menuBar().addMenu("&View")
         view_menu.addAction(self.gallery_dock.toggleViewAction())
         view_menu.addAction(self.queue_dock.toggleViewAction())
@@ -313,6 +319,11 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Settings loaded into the form", 4000)
 
     def _on_session_settings_changed(self, settings: Settings) -> None:
+        if self.gallery_panel is not None:
+            scanner = self.gallery_panel.scanner
+            if scanner is not None and scanner.folders != self.runtime.gallery.folders:
+                scanner.folders = self.runtime.gallery.folders
+                scanner.start(again=True)
         if settings.theme != self._theme:
             self._theme = settings.theme
             app = QApplication.instance()
@@ -418,6 +429,43 @@ class MainWindow(QMainWindow):
 
     def open_output_folder(self) -> None:
         _open_folder(self.runtime.out_dir)
+
+    def add_gallery_folder(self, folder: str = "") -> None:
+        """Show the images of another folder (a batch's --out folder, say) in the gallery too;
+        Settings lists these folders, and removes them."""
+        folder = folder or QFileDialog.getExistingDirectory(self, "A folder of images to show")
+        if folder:
+            self.session.add_gallery_folder(Path(folder))
+            self.statusBar().showMessage(f"The gallery now shows {folder} too", 4000)
+
+    def add_from_file(self, path: str = "") -> AddFromFileDialog | None:
+        """Offer the jobs of a batch file (the same files as `sd3desk batch`), with the form's
+        model and settings for what the file leaves out: the dialog shows how many there are,
+        and its OK queues them. Returns the dialog (open, window-modal)."""
+        from sd3desk.ui.batch_dialog import BATCH_FILE_FILTER, AddFromFileDialog
+
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Add jobs from a file", "", BATCH_FILE_FILTER
+            )
+        if not path:
+            return None
+        base = self.prompt_panel.params()
+        entry = self.runtime.catalog.entry(base.model)
+        dialog = AddFromFileDialog(Path(path), base, entry.max_side if entry else None, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: self._queue_batch(dialog))
+        dialog.open()
+        return dialog
+
+    def _queue_batch(self, dialog: AddFromFileDialog) -> None:
+        try:
+            jobs = self.session.submit_many(dialog.jobs())
+        except InvalidParamsError as exc:
+            self.prompt_panel.show_errors(exc.errors)
+            return
+        self.prompt_panel.clear_errors()
+        self.statusBar().showMessage(f"Queued {len(jobs)} jobs from {dialog.path.name}", 6000)
 
     def about(self) -> None:
         from PySide6.QtWidgets import QMessageBox

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QByteArray, QObject, QSettings, QTimer, Signal
@@ -174,15 +175,35 @@ class Session(QObject):
     def submit(self, params: GenerationParams) -> Job:
         """Validate a request from the form (a model is required, the model's own size limit
         applies) and queue it; raises InvalidParamsError naming every bad field."""
-        entry = self.runtime.catalog.entry(params.model)
-        errors = validate(params, entry.max_side if entry else None)
-        if not params.model:
-            errors.insert(0, FieldError("model", "pick a model first (Add… finds or makes one)"))
+        errors = self._errors(params)
         if errors:
             raise InvalidParamsError(errors)
         return self.runtime.runner.enqueue(params)
 
+    def submit_many(self, requests: list[GenerationParams]) -> list[Job]:
+        """Queue several requests (a batch file's) in one transaction, each checked as `submit`
+        checks one; raises InvalidParamsError for the first bad one before queueing any."""
+        for params in requests:
+            errors = self._errors(params)
+            if errors:
+                raise InvalidParamsError(errors)
+        return self.runtime.runner.enqueue_many(requests)
+
+    def _errors(self, params: GenerationParams) -> list[FieldError]:
+        entry = self.runtime.catalog.entry(params.model)
+        errors = validate(params, entry.max_side if entry else None)
+        if not params.model:
+            errors.insert(0, FieldError("model", "pick a model first (Add… finds or makes one)"))
+        return errors
+
     # ------------------------------------------------------------------ settings
+
+    def add_gallery_folder(self, folder: Path) -> None:
+        """Show the images in `folder` in the gallery too (saved in the settings)."""
+        text = str(folder.resolve())
+        if text not in self.settings.gallery_dirs:
+            dirs = (*self.settings.gallery_dirs, text)
+            self.apply_settings(dataclasses.replace(self.settings, gallery_dirs=dirs))
 
     def apply_settings(self, settings: Settings) -> None:
         """Save and apply edited settings; a change of device, plan or T5 reloads the model now."""

@@ -1,9 +1,11 @@
-"""Settings: output folder, device, memory plan, T5, theme, model folders, GPU workers."""
+"""Settings: output folder, device, memory plan, T5, theme, model and gallery folders, GPU
+workers, serving."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -63,17 +65,18 @@ class SettingsDialog(QDialog):
             {Theme.system: "System", Theme.light: "Light", Theme.dark: "Dark"},
             settings.theme,
         )
-        self.model_dirs = named(QListWidget(), "modelDirsList", "Model folders")
-        self.model_dirs.addItems(list(settings.model_dirs))
-        self.model_dirs.setMaximumHeight(110)
-        add_dir = QPushButton("Add…")
-        add_dir.clicked.connect(self._add_model_dir)
-        remove_dir = QPushButton("Remove")
-        remove_dir.clicked.connect(
-            lambda: [
-                self.model_dirs.takeItem(self.model_dirs.row(i))
-                for i in self.model_dirs.selectedItems()
-            ]
+        self.model_dirs, model_dirs_box = self._folder_list(
+            "modelDirsList", "Model folders", settings.model_dirs, "A folder with SD3 models"
+        )
+        self.gallery_dirs, gallery_dirs_box = self._folder_list(
+            "galleryDirsList",
+            "Gallery folders",
+            settings.gallery_dirs,
+            "A folder of images to show in the gallery",
+        )
+        self.gallery_dirs.setToolTip(
+            "Shown in the gallery besides the output folder: a batch's --out folder, or "
+            "another program's outputs (their parameters are read too)"
         )
         self.workers = named(QSpinBox(), "gpuWorkersSpin", "GPU workers")
         self.workers.setRange(1, 8)
@@ -89,14 +92,8 @@ class SettingsDialog(QDialog):
         form.addRow("&Memory plan", self.plan)
         form.addRow("", self.use_t5)
         form.addRow("&Theme", self.theme)
-        dirs_row = QVBoxLayout()
-        dirs_row.addWidget(self.model_dirs)
-        dir_buttons = QHBoxLayout()
-        dir_buttons.addWidget(add_dir)
-        dir_buttons.addWidget(remove_dir)
-        dir_buttons.addStretch(1)
-        dirs_row.addLayout(dir_buttons)
-        form.addRow(label("Model &folders", self.model_dirs), dirs_row)
+        form.addRow(label("Model &folders", self.model_dirs), model_dirs_box)
+        form.addRow(label("Ga&llery folders", self.gallery_dirs), gallery_dirs_box)
         form.addRow("&GPU workers", self.workers)
         serve = self._serve_box(settings)
         note = wrapping_label(
@@ -166,10 +163,39 @@ class SettingsDialog(QDialog):
         if folder:
             self.output.setText(folder)
 
-    def _add_model_dir(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "A folder with SD3 models")
-        if folder:
-            self.model_dirs.addItem(folder)
+    def _folder_list(
+        self, name: str, title: str, folders: tuple[str, ...], question: str
+    ) -> tuple[QListWidget, QVBoxLayout]:
+        """A list of folders with Add… and Remove buttons under it."""
+        folder_list = named(QListWidget(), name, title)
+        folder_list.addItems(list(folders))
+        folder_list.setMaximumHeight(80)
+        folder_list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
+
+        def add() -> None:
+            folder = QFileDialog.getExistingDirectory(self, question)
+            if folder and not folder_list.findItems(folder, Qt.MatchFlag.MatchExactly):
+                folder_list.addItem(folder)
+
+        def remove() -> None:
+            for item in folder_list.selectedItems():
+                folder_list.takeItem(folder_list.row(item))
+
+        add_button, remove_button = QPushButton("Add…"), QPushButton("Remove")
+        add_button.clicked.connect(add)
+        remove_button.clicked.connect(remove)
+        buttons = QHBoxLayout()
+        buttons.addWidget(add_button)
+        buttons.addWidget(remove_button)
+        buttons.addStretch(1)
+        box = QVBoxLayout()
+        box.addWidget(folder_list)
+        box.addLayout(buttons)
+        return folder_list, box
+
+    @staticmethod
+    def _folders(folder_list: QListWidget) -> tuple[str, ...]:
+        return tuple(folder_list.item(i).text() for i in range(folder_list.count()))
 
     def result_settings(self) -> Settings:
         return dataclasses.replace(
@@ -179,9 +205,8 @@ class SettingsDialog(QDialog):
             memory_plan=self.plan.currentData(),
             use_t5=self.use_t5.isChecked(),
             theme=self.theme.currentData(),
-            model_dirs=tuple(
-                self.model_dirs.item(i).text() for i in range(self.model_dirs.count())
-            ),
+            model_dirs=self._folders(self.model_dirs),
+            gallery_dirs=self._folders(self.gallery_dirs),
             gpu_workers=self.workers.value(),
             serve=self.serve.isChecked(),
             serve_host=self.serve_host.text().strip() or "127.0.0.1",

@@ -174,3 +174,31 @@ def test_requests_are_traced_to_no_telemetry_provider(make_client, monkeypatch):
     assert client.get("/api/v1/queue").is_success
     assert client.post("/api/v1/jobs", json={"steps": 0}).status_code == 422
     assert asked == []
+
+
+def test_images_of_the_gallery_folders_are_served_by_id_and_nothing_else(tmp_path, qtbot):
+    """A folder the user added to the gallery (a batch's --out) is served by image id, as the
+    output folder is; its files are not reachable by path, nor are those of a folder dropped
+    from the gallery."""
+    from PIL import Image
+
+    from sd3desk.core.gallery import GalleryIndex
+    from sd3desk.core.store import Store
+
+    added = tmp_path / "batch-out"
+    added.mkdir()
+    Image.new("RGB", (32, 32), "teal").save(added / "one.png")
+    paths = AppPaths.default(tmp_path / "data")
+    settings = Settings(gallery_dirs=(str(added),))
+    runtime = build_runtime(paths, settings, database=IN_MEMORY)
+    try:
+        GalleryIndex(Store(paths.database), runtime.out_dir, settings.gallery_dirs).scan()
+        door = Door(runtime, RuntimeBridge(runtime), ServeConfig(model="test"))
+        client = TestClient(create_app(door, web=False), base_url=LOCAL)
+        image = client.get("/api/v1/images").json()["images"][0]
+        assert client.get(image["url"]).content == (added / "one.png").read_bytes()
+        assert client.get(f"/api/v1/files/{added / 'one.png'}").status_code == 404
+        runtime.settings = Settings()  # the folder is no longer shown
+        assert client.get(image["url"]).status_code == 404
+    finally:
+        runtime.stop()

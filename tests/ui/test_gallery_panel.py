@@ -195,7 +195,7 @@ def test_background_rescan_picks_up_new_files(qtbot, panel, tmp_path):
 
     from sd3desk.runtime.gallery_scanner import GalleryScanner
 
-    scanner = GalleryScanner(tmp_path / "sd3desk.db", tmp_path / "outputs")
+    scanner = GalleryScanner(tmp_path / "sd3desk.db", [tmp_path / "outputs"])
     with qtbot.waitSignal(scanner.finished, timeout=10_000):
         panel.watch(scanner)  # scans at once
     write(

@@ -10,12 +10,10 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 from PIL import Image
 from PySide6.QtCore import QItemSelectionModel, Qt
 from PySide6.QtWidgets import QLabel, QWidget
 
-from sd3desk.app import create_window
 from sd3desk.core.jobs import JobState
 from sd3desk.core.metadata import read_metadata
 from sd3desk.core.settings import Theme, load_settings
@@ -40,26 +38,6 @@ OBJECT_NAMES = [
     "queueView",
     "galleryView",
 ]
-
-
-@pytest.fixture
-def open_window(qtbot):
-    """Build windows like `sd3desk` does (without the event loop); shut each down after."""
-    windows = []
-
-    def make(*argv: str, started: bool = True):
-        window = create_window(list(argv))
-        qtbot.addWidget(window)
-        window.show()
-        windows.append(window)
-        if started:
-            qtbot.waitUntil(lambda: window.gallery_panel is not None, timeout=10_000)
-        return window
-
-    yield make
-    for window in windows:
-        window.session.shutdown()
-        window.close()
 
 
 def select_job(queue_panel, job_id: int) -> None:
