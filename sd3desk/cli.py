@@ -463,7 +463,11 @@ def _batch(args: argparse.Namespace, paths: AppPaths) -> int:
     # 2. this process's share (every process expands the same list: job k is the same job),
     # less what an earlier run made already (its image there, holding this job's request)
     from sd3desk.inference.distributed import Ranks
+    from sd3desk.inference.models import ModelKind
+    from sd3desk.inference.testmodel import ensure_test_model
 
+    if source.kind is ModelKind.test:  # built before the process group (see ensure_test_model)
+        ensure_test_model(source.path, source.test_size or "tiny")
     ranks = Ranks.from_env()
     settings = _settings(args, paths, gpu_workers=1)
     out = Path(settings.output_dir or paths.outputs)

@@ -60,7 +60,7 @@ def load_pipeline(
     """The pipeline for `source`, whether T5 is in it, and notices for the user."""
     if source.kind is ModelKind.test and not (source.path / "model_index.json").exists():
         report_stage(on_stage, 1, "Building the test model (random weights)")
-        testmodel.write_test_model(source.path, source.test_size or "tiny")
+        testmodel.ensure_test_model(source.path, source.test_size or "tiny")
     if source.kind is ModelKind.single_file:
         return _load_single_file(source, dtype, use_t5, cache_dir, model_dirs, on_stage)
     if source.kind is ModelKind.gguf:
@@ -242,9 +242,9 @@ def _load_gguf(
 
     config_dir = _config_dir(source, cache_dir)
     if source.family is ModelFamily.test and cache_dir is not None:
-        donor: Path | None = test_model_dir(cache_dir)
-        if not (donor / "model_index.json").exists():
-            testmodel.write_test_model(donor, source.test_size or "tiny")
+        donor: Path | None = testmodel.ensure_test_model(
+            test_model_dir(cache_dir), source.test_size or "tiny"
+        )
     else:
         donor = find_text_encoder_donor(model_dirs)
     if donor is None or not any((donor / "vae").glob("*.safetensors")):

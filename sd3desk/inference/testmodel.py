@@ -259,6 +259,22 @@ def write_test_model(folder: Path, size: str = "tiny") -> Path:
     return _write_folder(Path(folder), size, weights=True)
 
 
+def ensure_test_model(folder: Path, size: str = "tiny") -> Path:
+    """The test model at `folder`, built when missing. Processes building it at once each
+    build their own, and the first one moved into place stays (the others are dropped).
+
+    Call it before a torch.distributed process group starts: under one, transformers saves
+    weights only on rank 0, and any other rank would write text encoders without weights."""
+    folder = Path(folder)
+    if not (folder / "model_index.json").exists():
+        _write_folder(folder, size, weights=True, replace=False)
+    return folder
+
+
+def _lacks_weights(part: Path) -> bool:
+    return (part / "config.json").exists() and not any(part.glob("*.safetensors"))
+
+
 def write_config_folder(folder: Path, size: str) -> Path:
     """Configs and tokenizers (no weights) of a test-model size: what a single file needs."""
     folder = Path(folder)
@@ -267,8 +283,9 @@ def write_config_folder(folder: Path, size: str) -> Path:
     return _write_folder(folder, size, weights=False)
 
 
-def _write_folder(folder: Path, size: str, weights: bool) -> Path:
-    """Build the model in a staging folder beside `folder`, then move it into place whole."""
+def _write_folder(folder: Path, size: str, weights: bool, replace: bool = True) -> Path:
+    """Build the model in a staging folder beside `folder`, then move it into place whole
+    (without `replace`, a folder that appeared meanwhile is kept and the new one dropped)."""
     if size not in SIZES:
         raise ValueError(f"unknown test model size {size!r}; choose from {', '.join(SIZES)}")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -277,14 +294,23 @@ def _write_folder(folder: Path, size: str, weights: bool) -> Path:
     try:
         build_pipeline(size).save_pretrained(staging, safe_serialization=True)
         if weights:
+            empty = [p.name for p in staging.iterdir() if p.is_dir() and _lacks_weights(p)]
+            if empty:  # (transformers saves only on rank 0 of a torch.distributed group)
+                raise RuntimeError(f"the test model's {', '.join(sorted(empty))} got no weights")
             marker = {"format": HEADER_KEY, "size": size, "note": NOTE}
             (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n", "utf-8")
         else:
             for file in staging.rglob("*.safetensors"):
                 file.unlink()
         if folder.exists():
+            if not replace:
+                return folder
             shutil.rmtree(folder)
-        staging.rename(folder)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process moved its own into place first
+            if replace or not (folder / "model_index.json").exists():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

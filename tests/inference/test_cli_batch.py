@@ -135,3 +135,51 @@ def test_two_processes_under_torchrun_share_a_batch_with_no_job_twice(tmp_path, 
         assert entry["key"] == single["key"]
         same = np.asarray(Image.open(entry["file"])), np.asarray(Image.open(single["file"]))
         assert np.array_equal(*same)
+
+
+def test_two_machines_each_with_its_own_data_folder_share_a_batch(tmp_path):
+    """The README's two-machine recipe on one host: two `torchrun --nnodes=2` launches, each
+    with its own data folder (so each builds the test model: before the process group, since
+    under one transformers writes weights on rank 0 only), one shared output folder."""
+    import socket
+
+    batch = tmp_path / "prompts.txt"
+    batch.write_text("a fox\na lighthouse\na {red|blue} boat\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launches = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node_rank={rank}",
+                "--nproc_per_node=1",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                "-m",
+                "sd3desk",
+                "--data-dir",
+                str(tmp_path / f"machine{rank}"),
+                "batch",
+                str(batch),
+                "--model",
+                "test",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "shared"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for rank in (0, 1)
+    ]
+    errors = [launch.communicate(timeout=600)[1] for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], errors[1][-3000:]
+    assert "batch: 4 of 4 jobs done" in errors[0]
+    assert [e["index"] for e in manifest(tmp_path / "shared")] == [0, 1, 2, 3]
