@@ -71,7 +71,9 @@ def main() -> None:
         app = QCoreApplication([])
         runner = Runner(JobQueue(Store(":memory:")))
         runner.enqueue_many(requests)
-        config = WorkerConfig(out_dir=work / "out", cache_dir=work, device=Device.cpu)
+        config = WorkerConfig(
+            out_dir=work / "out", cache_dir=work, sources_dir=work / "sources", device=Device.cpu
+        )
         runner.idle.connect(lambda: QTimer.singleShot(200, app.quit))
 
         def start_jobs() -> None:

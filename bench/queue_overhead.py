@@ -66,7 +66,9 @@ def main() -> None:
 
     def queued() -> float:
         runner = Runner(JobQueue(Store(":memory:")))
-        config = WorkerConfig(out_dir=work / "queued", cache_dir=work, device=Device.cpu)
+        config = WorkerConfig(
+            out_dir=work / "queued", cache_dir=work, sources_dir=work / "sources", device=Device.cpu
+        )
         runner.enqueue_many(requests)
         runner.idle.connect(app.quit)
         start = time.perf_counter()

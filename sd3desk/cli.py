@@ -240,6 +240,42 @@ def _add_generation_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--batch", type=int, default=1, help="images per job, 1-16 (default 1)")
     gen.add_argument("--shift", type=float, help="scheduler shift, 0.1-20 (model default)")
     gen.add_argument("--t5-length", type=int, help="T5 max sequence length, 1-512 (default 256)")
+    pictures = gen.add_argument_group("starting from a picture")
+    pictures.add_argument(
+        "--image",
+        type=Path,
+        help="start from this picture (img2img); the size defaults to the picture's own "
+        "(fitted to the model's limits), and another size crops it around the centre",
+    )
+    pictures.add_argument(
+        "--strength", type=float, help="how much of the picture to change, 0-1 (default 0.6)"
+    )
+    pictures.add_argument(
+        "--mask", type=Path, help="repaint where this picture is white (inpainting; --image's size)"
+    )
+    pictures.add_argument("--mask-blur", type=int, help="feather the mask's edge, 0-64 px (4)")
+    pictures.add_argument(
+        "--mask-padding",
+        type=int,
+        help="repaint only the masked area and this many pixels around it (1-256), at the full "
+        "size (default 0: the whole picture)",
+    )
+    pictures.add_argument(
+        "--hires",
+        type=float,
+        metavar="SCALE",
+        help="hires fix: make the image, enlarge it x1.25-2 (Lanczos), then run img2img over it",
+    )
+    pictures.add_argument("--hires-steps", type=int, help="steps of the hires pass (as --steps)")
+    pictures.add_argument(
+        "--hires-strength", type=float, help="strength of the hires pass, 0-1 (default 0.5)"
+    )
+    pictures.add_argument(
+        "--slg",
+        type=float,
+        metavar="SCALE",
+        help="skip-layer guidance scale, 0-10 (SD3.5 Medium: 2.8 by default; 0 turns it off)",
+    )
 
 
 def _numbers(kind: type) -> Any:
@@ -328,6 +364,58 @@ def _explicit_params(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, attr) is not None:
             values[name] = getattr(args, attr)
     values["batch_size"] = args.batch
+    for name, attr in (
+        ("strength", "strength"),
+        ("mask_blur", "mask_blur"),
+        ("mask_padding", "mask_padding"),
+        ("hires_scale", "hires"),
+        ("hires_steps", "hires_steps"),
+        ("hires_strength", "hires_strength"),
+        ("slg_scale", "slg"),
+    ):
+        if getattr(args, attr, None) is not None:
+            values[name] = getattr(args, attr)
+    return values
+
+
+def _picture_fields(
+    args: argparse.Namespace, paths: AppPaths, explicit: dict[str, Any], max_side: int
+) -> dict[str, Any]:
+    """--image and --mask stored in the data folder's picture store (jobs name them by their
+    SHA-256), and the picture's own size where no size was given."""
+    unused = [
+        FieldError(field, f"{flag} needs {needed}")
+        for field, flag, needed, given in (
+            ("mask_image", "--mask", "--image", args.mask is not None and args.image is None),
+            (
+                "strength",
+                "--strength",
+                "--image (the hires pass: --hires-strength)",
+                args.strength is not None and args.image is None,
+            ),
+            ("mask_blur", "--mask-blur", "--mask", args.mask_blur is not None and not args.mask),
+            (
+                "mask_padding",
+                "--mask-padding",
+                "--mask",
+                args.mask_padding is not None and not args.mask,
+            ),
+        )
+        if given
+    ]
+    if unused:
+        raise InvalidParamsError(unused)
+    if args.image is None:
+        return {}
+    from sd3desk.core.sources import SourceStore, suggested_size
+
+    store = SourceStore(paths.sources)
+    values: dict[str, Any] = {"source_image": store.put_file(args.image)}
+    if args.mask is not None:
+        values["mask_image"] = store.put_file(args.mask, "mask_image")
+    picture = store.open(values["source_image"])
+    if "width" not in explicit and "height" not in explicit:
+        values["width"], values["height"] = suggested_size(*picture.size, max_side)
     return values
 
 
@@ -368,11 +456,18 @@ def _jobs_from_args(args: argparse.Namespace, paths: AppPaths) -> list[Generatio
     explicit = _explicit_params(args)
     if not 1 <= args.count <= 10_000:
         raise InvalidParamsError([FieldError("count", "must be between 1 and 10000")])
-    check(GenerationParams(**explicit))
-    # 2. the model (offline, headers only) and its family's defaults and limits
+    # (a placeholder picture, so that the fields of starting from one are checked now)
+    placeholder: dict[str, Any] = {"source_image": "0" * 64} if args.image is not None else {}
+    check(GenerationParams(**explicit, **placeholder))
+    # 2. the model (offline, headers only) and its family's defaults and limits; the pictures
     source = resolve_model(args.model, test_model_dir=paths.test_model)
     base = defaults_for(source.family, model=_model_reference(args.model))
+    explicit |= _picture_fields(args, paths, explicit, source.max_side)
     params = check(base.replace(**explicit), source.max_side).with_concrete_seed()
+    if params.source_image:
+        from sd3desk.core.sources import SourceStore
+
+        SourceStore(paths.sources).check(params)
     jobs = []
     for first in range(0, args.count, params.batch_size):
         size = min(params.batch_size, args.count - first)

@@ -21,6 +21,10 @@ GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 BATCH_MIN, BATCH_MAX = 1, 16
 SHIFT_MIN, SHIFT_MAX = 0.1, 20.0
 T5_LENGTH_MIN, T5_LENGTH_MAX = 1, 512  # diffusers' SD3 pipeline refuses more than 512
+MASK_BLUR_MAX = 64  # pixels
+MASK_PADDING_MAX = 256  # pixels around the masked area (A1111's "only masked padding" range)
+HIRES_SCALE_MIN, HIRES_SCALE_MAX = 1.25, 2.0  # 1.0 means no hires pass
+SLG_SCALE_MAX = 10.0
 PROMPT_CHARS_MAX = 20_000
 CLIP_TOKEN_LIMIT = 77  # both CLIP encoders: 75 tokens of text plus start and end
 SD3_PIPELINE = "StableDiffusion3Pipeline"  # the diffusers class every SD3 / SD3.5 model names
@@ -134,6 +138,39 @@ class GenerationParams:
     shift: float = 3.0
     max_sequence_length: int = 256
     model: str = ""
+    # Starting from a picture: the pictures are named by the SHA-256 of their file in the data
+    # folder's source store (core/sources.py), so a queued or re-run job finds the same pixels.
+    source_image: str = ""  # "" means from noise (text to image)
+    strength: float = 0.6  # how much of the source is changed, 0-1 (A1111: denoising strength)
+    mask_image: str = ""  # white repaints, black keeps (inpainting); needs a source image
+    mask_blur: int = 4  # pixels of feathering at the mask's edge
+    mask_padding: int = 0  # 0: repaint at the picture's size; more: only the masked area with
+    # this margin, at full resolution (diffusers' padding_mask_crop)
+    hires_scale: float = 1.0  # 1: off; 1.25-2: upscale the result and run img2img over it
+    hires_steps: int = 0  # steps of the hires pass; 0 means the same as `steps`
+    hires_strength: float = 0.5
+    slg_scale: float = 0.0  # skip-layer guidance (SD3.5 Medium); 0 is off
+
+    @property
+    def mode(self) -> str:
+        """ "txt2img", "img2img" or "inpaint" (a hires pass adds to any of them)."""
+        if not self.source_image:
+            return "txt2img"
+        return "inpaint" if self.mask_image else "img2img"
+
+    @property
+    def hires(self) -> bool:
+        return self.hires_scale != 1.0
+
+    def hires_size(self) -> tuple[int, int]:
+        """The size of the hires pass: the scaled size, in multiples of 16."""
+        return (
+            _multiple(self.width * self.hires_scale),
+            _multiple(self.height * self.hires_scale),
+        )
+
+    def hires_pass_steps(self) -> int:
+        return self.hires_steps or self.steps
 
     @property
     def uses_cfg(self) -> bool:
@@ -158,7 +195,20 @@ class GenerationParams:
         return self.replace(seed=(self.seed + index) % (SEED_MAX + 1), batch_size=1)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field a request uses: those of starting from a picture, inpainting, hires
+        and skip-layer guidance only when it uses them (a text-to-image request reads as it
+        always did, and hashes the same)."""
+        data = dataclasses.asdict(self)
+        unused = [] if self.slg_scale else ["slg_scale"]
+        if not self.hires:
+            unused += ["hires_scale", "hires_steps", "hires_strength"]
+        if not self.mask_image:
+            unused += ["mask_image", "mask_blur", "mask_padding"]
+        if not self.source_image:
+            unused += ["source_image", "strength"]
+        for name in unused:
+            del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationParams:
@@ -183,9 +233,29 @@ class GenerationParams:
         return cls(**values)
 
 
-_INT_FIELDS = {"steps", "width", "height", "batch_size", "max_sequence_length"}
-_FLOAT_FIELDS = {"guidance_scale", "shift"}
-_STR_FIELDS = {"prompt", "negative_prompt", "model"}
+_INT_FIELDS = {
+    "steps",
+    "width",
+    "height",
+    "batch_size",
+    "max_sequence_length",
+    "mask_blur",
+    "mask_padding",
+    "hires_steps",
+}
+_FLOAT_FIELDS = {
+    "guidance_scale",
+    "shift",
+    "strength",
+    "hires_scale",
+    "hires_strength",
+    "slg_scale",
+}
+_STR_FIELDS = {"prompt", "negative_prompt", "model", "source_image", "mask_image"}
+
+
+def _multiple(side: float) -> int:
+    return max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
 class _OutOfRange(ValueError):
@@ -319,8 +389,73 @@ def validate(params: GenerationParams, max_side: int | None = None) -> list[Fiel
             _check_range(errors, name, value, low, high)
     _check_range(errors, "guidance_scale", params.guidance_scale, GUIDANCE_MIN, GUIDANCE_MAX)
     _check_range(errors, "shift", params.shift, SHIFT_MIN, SHIFT_MAX)
+    _check_range(errors, "slg_scale", params.slg_scale, 0.0, SLG_SCALE_MAX)
     if not isinstance(params.model, str):
         errors.append(FieldError("model", "must be a path or a Hugging Face repo id"))
+    errors += _picture_errors(params, top)
+    return errors
+
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def picture_steps(steps: int, strength: float) -> int:
+    """The steps a pass from a picture runs: diffusers starts `int(steps - steps x strength)`
+    steps into the schedule, so any strength above 0 runs at least one."""
+    return steps - int(steps - steps * strength)
+
+
+def _strength_errors(name: str, strength: Any) -> list[FieldError]:
+    if not _is_number(strength) or not math.isfinite(strength) or not 0 < strength <= 1:
+        return [FieldError(name, f"must be more than 0 and at most 1 (got {strength!r})")]
+    return []
+
+
+def _picture_errors(params: GenerationParams, top: int) -> list[FieldError]:
+    """The fields of starting from a picture, inpainting and the hires pass."""
+    errors: list[FieldError] = []
+    for name in ("source_image", "mask_image"):
+        value = getattr(params, name)
+        if not isinstance(value, str) or (value and not _DIGEST.fullmatch(value)):
+            errors.append(FieldError(name, "must name a stored picture by its SHA-256 (64 hex)"))
+    if params.mask_image and not params.source_image:
+        errors.append(FieldError("mask_image", "needs a source image to paint over"))
+    if params.source_image:
+        errors += _strength_errors("strength", params.strength)
+    for name, high in (("mask_blur", MASK_BLUR_MAX), ("mask_padding", MASK_PADDING_MAX)):
+        value = getattr(params, name)
+        if not _is_int(value) or not 0 <= value <= high:
+            errors.append(FieldError(name, f"must be a whole number from 0 to {high}"))
+    if not _is_number(params.hires_scale) or not (
+        params.hires_scale == 1.0 or HIRES_SCALE_MIN <= params.hires_scale <= HIRES_SCALE_MAX
+    ):
+        errors.append(
+            FieldError(
+                "hires_scale",
+                f"must be 1 (off) or between {HIRES_SCALE_MIN:g} and {HIRES_SCALE_MAX:g} "
+                f"(got {params.hires_scale!r})",
+            )
+        )
+    elif params.hires:
+        if params.source_image:
+            errors.append(
+                FieldError(
+                    "hires_scale",
+                    "is for text to image; to enlarge a picture, give a bigger size instead",
+                )
+            )
+        if _is_int(params.width) and _is_int(params.height):
+            width, height = params.hires_size()
+            if max(width, height) > top:
+                errors.append(
+                    FieldError(
+                        "hires_scale",
+                        f"makes {width}x{height}, over this model's limit of {top} a side",
+                    )
+                )
+        if not _is_int(params.hires_steps) or not 0 <= params.hires_steps <= STEPS_MAX:
+            errors.append(FieldError("hires_steps", f"must be 0 (as steps) to {STEPS_MAX}"))
+        errors += _strength_errors("hires_strength", params.hires_strength)
     return errors
 
 

@@ -90,6 +90,11 @@ class AppPaths:
         return self.data / "sd3desk.db"
 
     @property
+    def sources(self) -> Path:
+        """The pictures jobs start from, by content (core/sources.py)."""
+        return self.data / "sources"
+
+    @property
     def log_file(self) -> Path:
         """The rotating log (what "copy diagnostics" quotes)."""
         return self.logs / "sd3desk.log"

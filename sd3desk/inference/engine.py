@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from sd3desk.core.errors import (
     FieldError,
@@ -22,8 +22,16 @@ from sd3desk.core.errors import (
 )
 from sd3desk.core.metadata import ModelIdentity
 from sd3desk.core.modelhash import model_hash
-from sd3desk.core.params import SEED_MAX, GenerationParams, PromptLength, check
+from sd3desk.core.params import (
+    SEED_MAX,
+    GenerationParams,
+    ModelFamily,
+    PromptLength,
+    check,
+    picture_steps,
+)
 from sd3desk.core.settings import Device, MemoryPlan, hash_cache_file
+from sd3desk.core.sources import fit
 from sd3desk.inference import loading
 from sd3desk.inference.devices import (
     DeviceInfo,
@@ -44,6 +52,14 @@ from sd3desk.inference.preview import PreviewQueue, latents_to_rgb, predicted_x0
 # Above this many pixels the VAE decodes in tiles, so big images fit in modest VRAM.
 VAE_TILING_PIXELS = 1536 * 1536
 _LOAD_LOCK = threading.Lock()
+# Skip-layer guidance: the layers and the part of the schedule from Stability's SD3.5 Medium
+# release notes (diffusers' StableDiffusion3Pipeline arguments); SLG_DEFAULT_SCALE is theirs too.
+# (The test model skips its second of two layers, so the tests see SLG act.)
+SLG_LAYERS: dict[ModelFamily | None, tuple[int, ...]] = {
+    ModelFamily.sd35_medium: (7, 8, 9),
+    ModelFamily.test: (1,),
+}
+SLG_START, SLG_STOP, SLG_DEFAULT_SCALE = 0.01, 0.2, 2.8
 OOM_ADVICE = (
     "Try a smaller size or fewer images per job, the 'offload' or 'sequential' memory plan, "
     "or running without T5 ('no-t5'). Memory has been freed; the next job can run normally."
@@ -115,6 +131,7 @@ class Engine:
         self._prompt_cache_size = prompt_cache_size
         self._device: DeviceInfo | None = None
         self._pipe: Any = None
+        self._picture_pipes: dict[str, Any] = {}  # img2img, inpaint: from_pipe of _pipe
         self._loaded: LoadedModel | None = None
 
     @property
@@ -203,6 +220,7 @@ class Engine:
         )
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
+        self._picture_pipes.clear()
         self._loaded = LoadedModel(source, identity, self.device(), plan, tuple(notices))
         return self._loaded
 
@@ -211,6 +229,7 @@ class Engine:
         if self._pipe is None:
             return
         self._pipe = None
+        self._picture_pipes.clear()
         self._loaded = None
         self._prompt_cache.clear()
         free_memory(self._device)
@@ -267,46 +286,69 @@ class Engine:
         params: GenerationParams,
         on_step: Callable[[StepInfo], None] | None = None,
         cancel: threading.Event | None = None,
+        *,
+        source: Image.Image | None = None,
+        mask: Image.Image | None = None,
     ) -> GenerationResult:
-        """Run one request. Raises InvalidParamsError, GenerationCancelled or OutOfMemoryError."""
+        """Run one request: from noise, or from `source` (img2img) and `mask` (inpainting),
+        the pictures `params.source_image` and `params.mask_image` name. Raises
+        InvalidParamsError, GenerationCancelled or OutOfMemoryError."""
         import torch
 
         pipe = self._require_pipe()
         assert self._loaded is not None
-        # 1. validate: every field, the model's size limit, a concrete seed
+        # 1. validate: every field, the model's size limit, a concrete seed, the pictures
         check(params, self._loaded.source.max_side)
         if params.seed is None:
             raise InvalidParamsError([_seed_error()])
+        for field, given in (("source_image", source), ("mask_image", mask)):
+            if getattr(params, field) and given is None:
+                raise InvalidParamsError([FieldError(field, "the picture was not given")])
         _raise_if_cancelled(cancel, 0)
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        steps = _Steps(on_step, cancel, total_steps(params))
         try:
             with torch.inference_mode():
                 # 2. encode the prompt (cached: a new seed skips all three text encoders)
                 embeds, hit = self._encode(params)
                 timings["encode_s"] = time.perf_counter() - started
                 _raise_if_cancelled(cancel, 0)
-                # 3. initial noise from a CPU generator per image: the same on every device
-                latents = _initial_latents(params, pipe)
-                # 4. denoise, reporting every step and honouring cancel within one step
                 denoise_start = time.perf_counter()
-                latents = self._denoise(params, embeds, latents, on_step, cancel)
-                timings["denoise_s"] = time.perf_counter() - denoise_start
-                # 5. decode one image at a time (bounded memory; batch image k == single run)
-                decode_start = time.perf_counter()
-                images = []
-                for k in range(params.batch_size):
-                    _raise_if_cancelled(cancel, params.steps)
-                    images.append(_decode(pipe, latents[k : k + 1], params))
-                timings["decode_s"] = time.perf_counter() - decode_start
+                if source is None:
+                    # 3. initial noise from a CPU generator per image: the same on every device
+                    latents = _initial_latents(params, pipe)
+                    # 4. denoise, reporting every step and honouring cancel within one step
+                    latents = self._denoise(params, embeds, latents, steps)
+                    timings["denoise_s"] = time.perf_counter() - denoise_start
+                    # 5. decode one image at a time (bounded memory; batch image k == single run)
+                    decode_start = time.perf_counter()
+                    images = []
+                    for k in range(params.batch_size):
+                        _raise_if_cancelled(cancel, steps.done)
+                        images.append(_decode(pipe, latents[k : k + 1], params))
+                    timings["decode_s"] = time.perf_counter() - decode_start
+                    if params.hires:  # 6. upscale each, and img2img over it at the new size
+                        hires_start = time.perf_counter()
+                        images = [
+                            self._hires(params.for_image(k), embeds, image, steps)
+                            for k, image in enumerate(images)
+                        ]
+                        timings["hires_s"] = time.perf_counter() - hires_start
+                else:
+                    # 3-5. from the picture, fitted to the request's size, as the user saw it
+                    images = self._from_picture(params, embeds, source, mask, steps)
+                    timings["denoise_s"] = time.perf_counter() - denoise_start
         except (GenerationCancelled, SD3DeskError):
             raise
         except Exception as exc:
             if is_out_of_memory(exc):
                 free_memory(self._device)
+                size = "x".join(map(str, params.hires_size() if params.hires else ()))
                 raise OutOfMemoryError(
-                    f"the device ran out of memory at {params.width}x{params.height} "
-                    f"with {params.batch_size} image(s)",
+                    f"the device ran out of memory at {params.width}x{params.height}"
+                    + (f" (hires {size})" if size else "")
+                    + f" with {params.batch_size} image(s)",
                     OOM_ADVICE,
                 ) from exc
             raise
@@ -314,49 +356,24 @@ class Engine:
         per_image = [params.for_image(k) for k in range(params.batch_size)]
         return GenerationResult(images, per_image, self._loaded.identity, timings, hit)
 
-    def _denoise(
-        self,
-        params: GenerationParams,
-        embeds: tuple,
-        latents: Any,
-        on_step: Callable[[StepInfo], None] | None,
-        cancel: threading.Event | None,
-    ) -> Any:
+    def _denoise(self, params: GenerationParams, embeds: tuple, latents: Any, steps: _Steps) -> Any:
+        """The text-to-image pass (with skip-layer guidance when asked), to latents."""
         pipe = self._pipe
         _set_shift(pipe, params.shift)
-        if _wants_tiling(params, self._loaded):
-            pipe.vae.enable_tiling()
-        else:
-            pipe.vae.disable_tiling()
-        prompt_embeds, negative_embeds, pooled, negative_pooled = embeds
+        _set_tiling(pipe, params, self._loaded)
         batch = params.batch_size
-        state = {"previous": latents[:1], "start": time.perf_counter()}
-        state["last"] = state["start"]
-        previews = PreviewQueue()
-
-        def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            # Raising here stops the pipeline before its next step and before any VAE decode.
-            _raise_if_cancelled(cancel, i + 1)
-            if on_step is not None:
-                now = time.perf_counter()
-                current = tensors["latents"][:1]
-                previews.submit(self._preview_rgb(pipeline, i, current, state["previous"]))
-                preview = previews.latest()
-                state["previous"] = current
-                on_step(
-                    StepInfo(
-                        i + 1, params.steps, now - state["start"], now - state["last"], preview
-                    )
-                )
-                state["last"] = now
-                _raise_if_cancelled(cancel, i + 1)  # cancelled from the step report itself
-            return {}
-
-        result = pipe(
-            prompt_embeds=_repeat(prompt_embeds, batch),
-            pooled_prompt_embeds=_repeat(pooled, batch),
-            negative_prompt_embeds=_repeat(negative_embeds, batch),
-            negative_pooled_prompt_embeds=_repeat(negative_pooled, batch),
+        extra: dict[str, Any] = {}
+        if params.slg_scale > 0:
+            layers = SLG_LAYERS.get(self._loaded.source.family if self._loaded else None)
+            if layers:  # (another family: no layers known to skip, so it does nothing)
+                extra = {
+                    "skip_guidance_layers": list(layers),
+                    "skip_layer_guidance_scale": params.slg_scale,
+                    "skip_layer_guidance_start": SLG_START,
+                    "skip_layer_guidance_stop": SLG_STOP,
+                }
+        return pipe(
+            **_embeds_for(embeds, batch),
             num_inference_steps=params.steps,
             guidance_scale=params.guidance_scale,
             height=params.height,
@@ -364,21 +381,207 @@ class Engine:
             latents=latents,
             max_sequence_length=params.max_sequence_length,
             output_type="latent",
-            callback_on_step_end=step_end,
+            callback_on_step_end=steps.callback(self, latents[:1]),
             callback_on_step_end_tensor_inputs=["latents"],
-        )
-        return result.images
+            **extra,
+        ).images
 
-    def _preview_rgb(self, pipe: Any, i: int, current: Any, previous: Any) -> Any:
-        """The x0 prediction of this step, as RGB at latent size (see preview.py)."""
+    def _picture_pipe(self, kind: str) -> Any:
+        """The img2img or inpainting pipeline over the loaded one's components (diffusers'
+        from_pipe: the same weights, no second copy), made on first use."""
+        found = self._picture_pipes.get(kind)
+        if found is None:
+            from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline
+
+            cls = (
+                StableDiffusion3InpaintPipeline
+                if kind == "inpaint"
+                else StableDiffusion3Img2ImgPipeline
+            )
+            # (from_pipe casts every shared component to its dtype, float32 unless told)
+            found = cls.from_pipe(self._pipe, dtype=self._pipe.transformer.dtype)
+            found.set_progress_bar_config(disable=True)
+            self._picture_pipes[kind] = found
+        return found
+
+    def _picture_pass(
+        self,
+        params: GenerationParams,
+        embeds: tuple,
+        image: Image.Image,
+        steps: _Steps,
+        *,
+        strength: float,
+        num_steps: int,
+        seeds: list[int],
+        mask: Image.Image | None = None,
+    ) -> Any:
+        """One denoising pass from `image` (already at the pass's size) to latents."""
+        import torch
+
+        pipe = self._picture_pipe("inpaint" if mask is not None else "img2img")
+        _set_shift(pipe, params.shift)
+        width, height = image.size
+        _set_tiling(pipe, params.replace(width=width, height=height), self._loaded)
+        extra: dict[str, Any] = {} if mask is None else {"mask_image": [mask] * len(seeds)}
+        return pipe(
+            **_embeds_for(embeds, len(seeds)),
+            image=[image] * len(seeds),
+            strength=strength,
+            num_inference_steps=num_steps,
+            guidance_scale=params.guidance_scale,
+            height=height,
+            width=width,
+            # a CPU generator per image: the same noise (and VAE sample) on every device
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            max_sequence_length=params.max_sequence_length,
+            output_type="latent",
+            callback_on_step_end=steps.callback(self, None),
+            callback_on_step_end_tensor_inputs=["latents"],
+            **extra,
+        ).images
+
+    def _from_picture(
+        self,
+        params: GenerationParams,
+        embeds: tuple,
+        source: Image.Image,
+        mask: Image.Image | None,
+        steps: _Steps,
+    ) -> list[Image.Image]:
+        """img2img, or inpainting with the result pasted over the source through the blurred
+        mask (what is not masked stays the source's pixels exactly)."""
+        size = (params.width, params.height)
+        picture = fit(source.convert("RGB"), *size)
+        seeds = [params.for_image(k).seed or 0 for k in range(params.batch_size)]
+        common = {"strength": params.strength, "num_steps": params.steps, "seeds": seeds}
+        if mask is None:
+            latents = self._picture_pass(params, embeds, picture, steps, **common)
+            return [self._decoded(latents, k, params, steps) for k in range(len(seeds))]
+        feather = fit(mask.convert("L"), *size)
+        if params.mask_blur:
+            feather = feather.filter(ImageFilter.GaussianBlur(params.mask_blur))
+        if params.mask_padding and feather.getbbox() is not None:
+            # only the masked area (and a margin), at the request's full size, then put back
+            box = self._picture_pipe("inpaint").mask_processor.get_crop_region(
+                feather, params.width, params.height, pad=params.mask_padding
+            )
+            region = picture.crop(box).resize(size, Image.Resampling.LANCZOS)
+            region_mask = feather.crop(box).resize(size, Image.Resampling.LANCZOS)
+            latents = self._picture_pass(params, embeds, region, steps, mask=region_mask, **common)
+            made = []
+            for k in range(len(seeds)):
+                whole = picture.copy()
+                crop = self._decoded(latents, k, params, steps)
+                whole.paste(
+                    crop.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS),
+                    box[:2],
+                )
+                made.append(whole)
+        else:
+            latents = self._picture_pass(params, embeds, picture, steps, mask=feather, **common)
+            made = [self._decoded(latents, k, params, steps) for k in range(len(seeds))]
+        return [Image.composite(image, picture, feather) for image in made]
+
+    def _hires(
+        self, params: GenerationParams, embeds: tuple, image: Image.Image, steps: _Steps
+    ) -> Image.Image:
+        """The hires fix of one image: Lanczos to the hires size, then img2img over it."""
+        width, height = params.hires_size()
+        bigger = image.resize((width, height), Image.Resampling.LANCZOS)
+        latents = self._picture_pass(
+            params,
+            embeds,
+            bigger,
+            steps,
+            strength=params.hires_strength,
+            num_steps=params.hires_pass_steps(),
+            seeds=[params.seed or 0],
+        )
+        return self._decoded(latents, 0, params.replace(width=width, height=height), steps)
+
+    def _decoded(self, latents: Any, k: int, params: GenerationParams, steps: _Steps) -> Any:
+        _raise_if_cancelled(steps.cancel, steps.done)
+        return _decode(self._pipe, latents[k : k + 1], params)
+
+    def _preview_rgb(self, pipe: Any, current: Any, previous: Any) -> Any:
+        """The x0 prediction of the step just taken, as RGB at latent size (see preview.py):
+        the scheduler's step index says where in the schedule it was (a pass from a picture
+        starts part-way)."""
         previous = previous.to(device=current.device, dtype=current.dtype)
         sigmas = pipe.scheduler.sigmas.to(current.device)
-        return latents_to_rgb(predicted_x0(current, previous, sigmas[i + 1], sigmas[i])[0])
+        index = pipe.scheduler.step_index
+        return latents_to_rgb(predicted_x0(current, previous, sigmas[index], sigmas[index - 1])[0])
 
     def _require_pipe(self) -> Any:
         if self._pipe is None:
             raise ModelError("no model is loaded", "load a model first")
         return self._pipe
+
+
+class _Steps:
+    """Step reports over every pass of one job: a hires job's passes are one bar."""
+
+    def __init__(
+        self,
+        on_step: Callable[[StepInfo], None] | None,
+        cancel: threading.Event | None,
+        total: int,
+    ) -> None:
+        self.on_step, self.cancel, self.total = on_step, cancel, total
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+        self.previews = PreviewQueue()
+
+    def callback(self, engine: Engine, first: Any) -> Callable[..., dict[str, Any]]:
+        """A diffusers step-end callback for one pass; `first`: the latents it starts from
+        (None when the pipeline makes them: that pass's first step has no preview)."""
+        state = {"previous": first}
+
+        def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            # Raising here stops the pipeline before its next step and before any VAE decode.
+            self.done += 1
+            _raise_if_cancelled(self.cancel, self.done)
+            if self.on_step is not None:
+                now = time.perf_counter()
+                current = tensors["latents"][:1]
+                if state["previous"] is not None:
+                    self.previews.submit(engine._preview_rgb(pipeline, current, state["previous"]))
+                state["previous"] = current
+                info = StepInfo(
+                    self.done, self.total, now - self.start, now - self.last, self.previews.latest()
+                )
+                self.on_step(info)
+                self.last = now
+                _raise_if_cancelled(self.cancel, self.done)  # cancelled from the report itself
+            return {}
+
+        return step_end
+
+
+def total_steps(params: GenerationParams) -> int:
+    """The denoising steps a request runs, every pass and image counted."""
+    if params.source_image:
+        return picture_steps(params.steps, params.strength)
+    hires = picture_steps(params.hires_pass_steps(), params.hires_strength) if params.hires else 0
+    return params.steps + params.batch_size * hires
+
+
+def _embeds_for(embeds: tuple, batch: int) -> dict[str, Any]:
+    prompt_embeds, negative_embeds, pooled, negative_pooled = embeds
+    return {
+        "prompt_embeds": _repeat(prompt_embeds, batch),
+        "pooled_prompt_embeds": _repeat(pooled, batch),
+        "negative_prompt_embeds": _repeat(negative_embeds, batch),
+        "negative_pooled_prompt_embeds": _repeat(negative_pooled, batch),
+    }
+
+
+def _set_tiling(pipe: Any, params: GenerationParams, loaded: LoadedModel | None) -> None:
+    if _wants_tiling(params, loaded):
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
 
 
 def _seed_error() -> FieldError:

@@ -20,6 +20,7 @@ from sd3desk.core.jobs import JobQueue, JobState, LoadCrash
 from sd3desk.core.outputs import OutputPlan
 from sd3desk.core.owner import FolderLock
 from sd3desk.core.settings import AppPaths, Settings, env_model_dirs
+from sd3desk.core.sources import SourceStore
 from sd3desk.core.store import Store, unwritable_folder
 from sd3desk.runtime.background import Background
 from sd3desk.runtime.catalog import ModelCatalog
@@ -94,6 +95,7 @@ class Runtime:
         self.catalog = ModelCatalog(self.model_dirs())
         # 4. the gallery index: every finished image is in it at once, whichever door asked
         self.gallery = GalleryIndex(self.store, self.out_dir, settings.gallery_dirs)
+        self.sources = SourceStore(paths.sources)  # the pictures jobs start from
         self._engine_factory = engine_factory
         self._background = Background()
         self.runner.job_changed.connect(self._on_runner_job_changed)
@@ -136,6 +138,7 @@ class Runtime:
             model_dirs=self.model_dirs(),
             device_index=self.first_device + index,
             use_t5=s.use_t5,
+            sources_dir=self.paths.sources,
         )
 
     # ------------------------------------------------------------------ life

@@ -84,6 +84,7 @@ class WorkerConfig:
 
     out_dir: Path
     cache_dir: Path
+    sources_dir: Path  # the SourceStore of the pictures jobs start from
     device: Device = Device.auto
     memory_plan: MemoryPlan = MemoryPlan.auto
     model_dirs: tuple[Path, ...] = ()
@@ -310,12 +311,27 @@ class Worker(QObject):
                 )
             )
 
-        result = engine.generate(job.params, on_step=on_step, cancel=cancel)
+        source, mask = self._pictures(job.params)
+        result = engine.generate(
+            job.params, on_step=on_step, cancel=cancel, source=source, mask=mask
+        )
         # 4. save each image atomically with its own parameters inside, under its planned name
         outputs = self._save(assignment, result)
         self._ready()
         per_step = result.timings.get("denoise_s", 0.0) / max(job.params.steps, 1)
         return JobFinished(job.id, outputs, per_step, dict(result.timings))
+
+    def _pictures(self, params: Any) -> tuple[Any, Any]:
+        """The source picture and mask a job names, from the data folder's store; a picture
+        deleted since it was queued fails the job with its field named."""
+        if not params.source_image:
+            return None, None
+        from sd3desk.core.sources import SourceStore
+
+        store = SourceStore(self.config.sources_dir)
+        store.check(params)
+        mask = store.open(params.mask_image, "mask_image") if params.mask_image else None
+        return store.open(params.source_image), mask
 
     def _save(self, assignment: Assignment, result: Any) -> tuple[str, ...]:
         """Each image atomically, with its parameters and its job inside, as planned (an image

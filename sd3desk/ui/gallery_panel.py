@@ -54,7 +54,7 @@ def loading_notes(meta: ImageMetadata) -> list[str]:
     if meta.unmapped:
         listed = ", ".join(f"{key}: {value}" for key, value in meta.unmapped)
         notes.append(f"Not used by SD3, so not loaded: {listed}")
-    return notes
+    return notes + list(meta.notes)
 
 
 def _beyond(seed: int) -> str:

@@ -194,6 +194,11 @@ class Session(QObject):
         errors = validate(params, entry.max_side if entry else None)
         if not params.model:
             errors.insert(0, FieldError("model", "pick a model first (Add… finds or makes one)"))
+        if not errors and params.source_image:
+            try:
+                self.runtime.sources.check(params)
+            except InvalidParamsError as exc:
+                errors += exc.errors
         return errors
 
     # ------------------------------------------------------------------ settings

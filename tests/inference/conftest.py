@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +38,15 @@ def pixels(image) -> np.ndarray:
 
 def max_diff(a, b) -> int:
     return int(np.abs(pixels(a) - pixels(b)).max())
+
+
+def sd3desk(data: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`sd3desk --data-dir DATA ARGS…` in a subprocess, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "sd3desk", "--data-dir", str(data), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen", **(env or {})},
+    )

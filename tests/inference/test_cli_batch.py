@@ -14,17 +14,7 @@ import numpy as np
 from PIL import Image
 
 from sd3desk.core.metadata import read_metadata
-
-
-def sd3desk(data: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sd3desk", "--data-dir", str(data), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+from tests.inference.conftest import sd3desk
 
 
 def manifest(out: Path) -> list[dict]:

@@ -182,7 +182,7 @@ def test_every_step_reports_progress_with_a_latent_size_preview(engine, params):
 
 
 def test_preview_x0_prediction_matches_the_final_latent_at_the_last_step(engine, params):
-    from sd3desk.inference.engine import _initial_latents
+    from sd3desk.inference.engine import _initial_latents, _Steps
     from sd3desk.inference.preview import latents_to_image
 
     previews = []
@@ -191,7 +191,7 @@ def test_preview_x0_prediction_matches_the_final_latent_at_the_last_step(engine,
     embeds, _ = engine._encode(params)
     with torch.inference_mode():
         final = engine._denoise(
-            params, embeds, _initial_latents(params, engine.pipeline), None, None
+            params, embeds, _initial_latents(params, engine.pipeline), _Steps(None, None, 4)
         )
     assert max_diff(previews[-1], latents_to_image(final[0])) == 0
 

@@ -49,7 +49,12 @@ def make_runner(tmp_path, cache_dir, qtbot):
 
     def make(workers: int = 1, factory=default_engine_factory) -> Rig:
         queue = JobQueue(Store(tmp_path / "sd3desk.db"))
-        config = WorkerConfig(out_dir=tmp_path / "out", cache_dir=cache_dir, device=Device.cpu)
+        config = WorkerConfig(
+            out_dir=tmp_path / "out",
+            cache_dir=cache_dir,
+            sources_dir=tmp_path / "sources",
+            device=Device.cpu,
+        )
         runner = Rig(queue, [Worker(i, config, factory) for i in range(workers)])
         runners.append(runner)
         return runner

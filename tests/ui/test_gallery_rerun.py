@@ -20,7 +20,12 @@ from sd3desk.ui.thumbnails import ThumbnailLoader
 
 def test_rerun_exactly_gives_identical_pixels(qtbot, tmp_path, tiny_model_dir):
     store = Store(tmp_path / "sd3desk.db")
-    config = WorkerConfig(out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", device=Device.cpu)
+    config = WorkerConfig(
+        out_dir=tmp_path / "out",
+        cache_dir=tmp_path / "cache",
+        sources_dir=tmp_path / "sources",
+        device=Device.cpu,
+    )
     runner = Runner(JobQueue(store))
     gallery = GalleryIndex(store, tmp_path / "out")
     panel = GalleryPanel(GalleryModel(gallery, ThumbnailLoader(tmp_path / "cache")))

@@ -18,6 +18,7 @@ from sd3desk.core.errors import MetadataError
 from sd3desk.core.metadata.record import ImageMetadata, ModelIdentity, stated
 
 SAMPLER_NAME = "Euler"  # SD3's flow-matching Euler sampler, as A1111/Forge and Civitai name it
+HIRES_UPSCALER = "Lanczos"  # A1111's name for the PIL Lanczos upscaler
 
 NEGATIVE = "Negative prompt:"
 PAIRS_MIN = 3  # A1111 takes its last line as settings when it holds at least three pairs
@@ -148,6 +149,7 @@ def a1111_text(meta: ImageMetadata) -> str:
         pairs.append(("Model hash", meta.model.hash))
     if meta.model.name:
         pairs.append(("Model", meta.model.name))
+    pairs += _picture_pairs(p)
     pairs += [
         ("Shift", _number_text(p.shift)),
         ("T5 max length", str(p.max_sequence_length)),
@@ -157,13 +159,43 @@ def a1111_text(meta: ImageMetadata) -> str:
     return "\n".join(lines)
 
 
+def _picture_pairs(p: Any) -> list[tuple[str, str]]:
+    """A1111's names for img2img, inpainting and hires fix (its processing.py writes them so);
+    "Denoising strength" is the hires pass's when there is one, as in A1111's txt2img."""
+    pairs: list[tuple[str, str]] = []
+    if p.source_image:
+        pairs.append(("Denoising strength", _number_text(p.strength)))
+    if p.mask_image:
+        pairs.append(("Mask blur", str(p.mask_blur)))
+        if p.mask_padding:
+            pairs += [("Inpaint area", "Only masked"), ("Masked area padding", str(p.mask_padding))]
+    if p.hires:
+        pairs += [
+            ("Denoising strength", _number_text(p.hires_strength)),
+            ("Hires upscale", _number_text(p.hires_scale)),
+            ("Hires steps", str(p.hires_steps)),
+            ("Hires upscaler", HIRES_UPSCALER),
+        ]
+    if p.slg_scale:
+        pairs.append(("Skip layer guidance scale", _number_text(p.slg_scale)))
+    return pairs
+
+
 _SIMPLE = {
     "Steps": "steps",
     "CFG scale": "guidance_scale",
     "Seed": "seed",
     "Shift": "shift",
     "T5 max length": "max_sequence_length",
+    "Mask blur": "mask_blur",
+    "Masked area padding": "mask_padding",
+    "Hires steps": "hires_steps",
+    "Skip layer guidance scale": "slg_scale",
 }
+SOURCE_NOT_STORED = (
+    "Made from a picture (img2img or inpainting), which the file does not hold: give the "
+    "source picture again to re-make it"
+)
 # Sampler names that are SD3's flow-matching Euler (A1111/Forge's "Euler" with the SD3 model;
 # the ancestral "Euler a" is another sampler and is listed as unmapped)
 _OUR_SAMPLERS = ("euler", "euler (flow)", "flowmatcheulerdiscretescheduler")
@@ -177,6 +209,8 @@ def parse_a1111(text: str) -> ImageMetadata:
     values: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
     model = {"name": "", "hash": ""}
     unmapped: list[tuple[str, str]] = []
+    denoising: Any = None
+    inpaint_area = ""
     for key, value in pairs:
         if key in _SIMPLE:
             values[_SIMPLE[key]] = number(value, key)
@@ -188,11 +222,29 @@ def parse_a1111(text: str) -> ImageMetadata:
             model["hash"] = value
         elif key == "Sampler" and value.strip().lower() in _OUR_SAMPLERS:
             continue
+        elif key == "Denoising strength":
+            denoising = number(value, key)
+        elif key == "Hires upscale":
+            values["hires_scale"] = number(value, key)
+        elif key == "Inpaint area":
+            inpaint_area = value.strip()
+        elif key == "Hires upscaler" and value.strip().lower() == HIRES_UPSCALER.lower():
+            continue
         elif key not in _IGNORED:
             unmapped.append((key, value))
+    notes: tuple[str, ...] = ()
+    if "hires_scale" in values:
+        if denoising is not None:
+            values["hires_strength"] = denoising
+    elif denoising is not None:  # img2img or inpainting: the settings, not the picture
+        values["strength"] = denoising
+        notes = (SOURCE_NOT_STORED,)
+    if inpaint_area != "Only masked":
+        values.pop("mask_padding", None)  # (the padding is used only with "Only masked")
     return stated(
         values,
         model=ModelIdentity(name=model["name"], hash=model["hash"]),
         source="a1111",
         unmapped=tuple(unmapped),
+        notes=notes,
     )

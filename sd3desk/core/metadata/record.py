@@ -62,6 +62,7 @@ class ImageMetadata:
     unmapped: tuple[tuple[str, str], ...] = ()
     job: JobRef | None = None  # only in our own record
     missing: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the user should know when loading it (shown as it is)
 
 
 def stated(values: dict[str, Any], **fields: Any) -> ImageMetadata:
