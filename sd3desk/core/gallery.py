@@ -62,6 +62,16 @@ class ImageRow:
     source: str  # "sd3desk", "a1111", "comfyui", or "none" when the file carries no parameters
     favourite: bool
 
+    @property
+    def badge(self) -> str:
+        """How it was made, when not from noise alone: "inpaint", "from image" or "hires"."""
+        text = self.params_json
+        if '"mask_image"' in text:
+            return "inpaint"
+        if '"source_image"' in text:
+            return "from image"
+        return "hires" if '"hires_scale"' in text else ""
+
     def params(self) -> GenerationParams | None:
         """The request that re-makes this image, when the file carried one."""
         data = json.loads(self.params_json)
@@ -92,6 +102,17 @@ def _iter_images(folder: Path) -> Iterator[os.DirEntry]:
                 yield entry  # (a FIFO, socket or device named .png is never opened)
         except OSError:
             continue
+
+
+# The gallery's "made by" filter: SQL over the parameters the index keeps (a field is in the
+# JSON only when the request used it, see GenerationParams.to_dict).
+MODES = {
+    "txt2img": "json_extract(params, '$.source_image') IS NULL",
+    "img2img": "json_extract(params, '$.source_image') IS NOT NULL "
+    "AND json_extract(params, '$.mask_image') IS NULL",
+    "inpaint": "json_extract(params, '$.mask_image') IS NOT NULL",
+    "hires": "json_extract(params, '$.hires_scale') IS NOT NULL",
+}
 
 
 def _fts_query(text: str) -> str:
@@ -243,8 +264,11 @@ class GalleryIndex:
         since: float | None,
         until: float | None,
         favourites: bool,
+        mode: str | None = None,
     ) -> tuple[str, list[Any]]:
         clauses, args = [], []
+        if mode is not None:
+            clauses.append(MODES[mode])
         query = _fts_query(text)
         if query:
             clauses.append("id IN (SELECT rowid FROM images_text WHERE images_text MATCH ?)")
@@ -274,12 +298,14 @@ class GalleryIndex:
         since: float | None = None,
         until: float | None = None,
         favourites: bool = False,
+        mode: str | None = None,
         newest_first: bool = True,
         limit: int = 200,
         offset: int = 0,
     ) -> list[ImageRow]:
-        """Images matching every given filter; `text` searches prompt and negative prompt."""
-        where, args = self._where(text, model, size, since, until, favourites)
+        """Images matching every given filter; `text` searches prompt and negative prompt;
+        `mode` is a key of MODES (how the image was made)."""
+        where, args = self._where(text, model, size, since, until, favourites, mode)
         order = "DESC" if newest_first else "ASC"
         rows = self.db.execute(
             # Walk the time index and stop at `limit` matches, rather than sorting every match
@@ -303,6 +329,7 @@ class GalleryIndex:
             filters.get("since"),
             filters.get("until"),
             filters.get("favourites", False),
+            filters.get("mode"),
         )
         return self.db.execute(f"SELECT COUNT(*) FROM images{where}", args).fetchone()[0]
 

@@ -64,6 +64,17 @@ FAMILY_DEFAULTS: dict[ModelFamily, FamilyDefaults] = {
 }
 
 
+# Skip-layer guidance: the layers and the part of the schedule from Stability's SD3.5 Medium
+# release notes (diffusers' StableDiffusion3Pipeline arguments); on by default for that family.
+# (The test model skips its second of two layers, so the tests see SLG act.)
+SLG_LAYERS: dict[ModelFamily, tuple[int, ...]] = {
+    ModelFamily.sd35_medium: (7, 8, 9),
+    ModelFamily.test: (1,),
+}
+SLG_START, SLG_STOP = 0.01, 0.2
+SLG_DEFAULT_SCALE = {ModelFamily.sd35_medium: 2.8}
+
+
 @dataclass(frozen=True)
 class SizePreset:
     """A named resolution offered in the UI and by `--aspect`."""
@@ -310,6 +321,7 @@ def defaults_for(family: ModelFamily, prompt: str = "", model: str = "") -> Gene
         width=d.size,
         height=d.size,
         model=model,
+        slg_scale=SLG_DEFAULT_SCALE.get(family, 0.0),
     )
 
 

@@ -12,8 +12,7 @@ import hashlib
 import io
 import warnings
 from pathlib import Path
-
-from PIL import Image, ImageOps
+from typing import TYPE_CHECKING
 
 from sd3desk.core.atomic import atomic_write_bytes
 from sd3desk.core.errors import FieldError, InvalidParamsError
@@ -24,6 +23,9 @@ from sd3desk.core.params import (
     SIZE_MULTIPLE,
     GenerationParams,
 )
+
+if TYPE_CHECKING:  # (Pillow is imported when a picture is first used: the window starts sooner)
+    from PIL import Image
 
 SOURCE_FILE_MAX = 200 * 2**20  # bytes of one picture file
 SOURCE_PIXELS_MAX = 8192 * 8192  # decoded size of one picture (a bigger one is surely a mistake)
@@ -122,6 +124,8 @@ def _refused(field: str, reason: str) -> InvalidParamsError:
 
 
 def _decode(handle, field: str, what: str) -> Image.Image:
+    from PIL import Image, ImageOps
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -155,7 +159,10 @@ def suggested_size(width: int, height: int, max_side: int | None = None) -> tupl
     return side(width), side(height)
 
 
-def fit(image: Image.Image, width: int, height: int, resample=Image.Resampling.LANCZOS):
-    """`image` scaled to cover `width` x `height`, then cropped to it around the centre (what
-    A1111 calls "crop and resize"): what the job runs on, shown to the user before queueing."""
-    return ImageOps.fit(image, (width, height), method=resample, centering=(0.5, 0.5))
+def fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """`image` scaled (Lanczos) to cover `width` x `height`, then cropped to it around the
+    centre (what A1111 calls "crop and resize"): what the job runs on, as the form shows it."""
+    from PIL import Image, ImageOps
+
+    method = Image.Resampling.LANCZOS
+    return ImageOps.fit(image, (width, height), method=method, centering=(0.5, 0.5))

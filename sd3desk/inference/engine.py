@@ -24,8 +24,10 @@ from sd3desk.core.metadata import ModelIdentity
 from sd3desk.core.modelhash import model_hash
 from sd3desk.core.params import (
     SEED_MAX,
+    SLG_LAYERS,
+    SLG_START,
+    SLG_STOP,
     GenerationParams,
-    ModelFamily,
     PromptLength,
     check,
     picture_steps,
@@ -52,14 +54,6 @@ from sd3desk.inference.preview import PreviewQueue, latents_to_rgb, predicted_x0
 # Above this many pixels the VAE decodes in tiles, so big images fit in modest VRAM.
 VAE_TILING_PIXELS = 1536 * 1536
 _LOAD_LOCK = threading.Lock()
-# Skip-layer guidance: the layers and the part of the schedule from Stability's SD3.5 Medium
-# release notes (diffusers' StableDiffusion3Pipeline arguments); SLG_DEFAULT_SCALE is theirs too.
-# (The test model skips its second of two layers, so the tests see SLG act.)
-SLG_LAYERS: dict[ModelFamily | None, tuple[int, ...]] = {
-    ModelFamily.sd35_medium: (7, 8, 9),
-    ModelFamily.test: (1,),
-}
-SLG_START, SLG_STOP, SLG_DEFAULT_SCALE = 0.01, 0.2, 2.8
 OOM_ADVICE = (
     "Try a smaller size or fewer images per job, the 'offload' or 'sequential' memory plan, "
     "or running without T5 ('no-t5'). Memory has been freed; the next job can run normally."
@@ -364,7 +358,7 @@ class Engine:
         batch = params.batch_size
         extra: dict[str, Any] = {}
         if params.slg_scale > 0:
-            layers = SLG_LAYERS.get(self._loaded.source.family if self._loaded else None)
+            layers = SLG_LAYERS.get(self._loaded.source.family) if self._loaded else None
             if layers:  # (another family: no layers known to skip, so it does nothing)
                 extra = {
                     "skip_guidance_layers": list(layers),

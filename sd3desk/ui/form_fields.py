@@ -21,6 +21,10 @@ from sd3desk.core.params import (
     BATCH_MIN,
     GUIDANCE_MAX,
     GUIDANCE_MIN,
+    HIRES_SCALE_MAX,
+    HIRES_SCALE_MIN,
+    MASK_BLUR_MAX,
+    MASK_PADDING_MAX,
     PROMPT_CHARS_MAX,
     SEED_MAX,
     SHIFT_MAX,
@@ -28,6 +32,7 @@ from sd3desk.core.params import (
     SIZE_MAX,
     SIZE_MIN,
     SIZE_MULTIPLE,
+    SLG_SCALE_MAX,
     STEPS_MAX,
     STEPS_MIN,
     T5_LENGTH_MAX,
@@ -54,6 +59,7 @@ class Field:
     decimals: int | None = None
     step: float = 1
     suffix: str = ""
+    special: str = ""  # shown instead of the lowest value, when that means "off" or "as…"
 
 
 FIELDS = (
@@ -141,8 +147,87 @@ FIELDS = (
         T5_LENGTH_MIN,
         T5_LENGTH_MAX,
     ),
+    # starting from a picture (shown while the form has one)
+    Field(
+        "strength",
+        "Strength",
+        "strengthSpin",
+        "How much of the picture to change (0.01–1): low keeps it, 1 repaints it all",
+        0.01,
+        1.0,
+        decimals=2,
+        step=0.05,
+    ),
+    Field(
+        "mask_blur",
+        "Mask blur",
+        "maskBlurSpin",
+        f"Feathers the mask's edge (0–{MASK_BLUR_MAX} px) so the repainted part blends in",
+        0,
+        MASK_BLUR_MAX,
+        suffix=" px",
+    ),
+    Field(
+        "mask_padding",
+        "Only masked",
+        "maskPaddingSpin",
+        "0: repaint at the whole picture's size. More: only the masked area and this many "
+        f"pixels around it, at the full size, for finer detail (0–{MASK_PADDING_MAX} px)",
+        0,
+        MASK_PADDING_MAX,
+        suffix=" px",
+        special="Whole picture",
+    ),
+    # under Advanced
+    Field(
+        "hires_scale",
+        "Hires fix",
+        "hiresScaleSpin",
+        f"1: off. {HIRES_SCALE_MIN:g}–{HIRES_SCALE_MAX:g}: make the image, enlarge it "
+        "(Lanczos) and refine it at that size, in one job",
+        1.0,
+        HIRES_SCALE_MAX,
+        decimals=2,
+        step=0.25,
+        suffix="×",
+        special="Off",
+    ),
+    Field(
+        "hires_steps",
+        "Hires steps",
+        "hiresStepsSpin",
+        f"Steps of the hires pass (0: as Steps; up to {STEPS_MAX})",
+        0,
+        STEPS_MAX,
+        special="As Steps",
+    ),
+    Field(
+        "hires_strength",
+        "Hires strength",
+        "hiresStrengthSpin",
+        "How much the hires pass changes the enlarged image (0.01–1)",
+        0.01,
+        1.0,
+        decimals=2,
+        step=0.05,
+    ),
+    Field(
+        "slg_scale",
+        "Skip-layer guidance",
+        "slgSpin",
+        f"SD3.5 Medium's skip-layer guidance (0–{SLG_SCALE_MAX:g}; Stability recommends 2.8; "
+        "0 is off): steadier anatomy",
+        0,
+        SLG_SCALE_MAX,
+        decimals=1,
+        step=0.1,
+        special="Off",
+    ),
 )
-TITLES = {f.name: f.title for f in FIELDS}
+TITLES = {f.name: f.title for f in FIELDS} | {
+    "source_image": "Source picture:",
+    "mask_image": "Mask:",
+}
 
 
 class PromptEdit(QPlainTextEdit):
@@ -194,6 +279,7 @@ def make_widget(field: Field) -> QWidget:
         spin.setRange(field.low, field.high)
         spin.setSingleStep(field.step)
     spin.setSuffix(field.suffix)
+    spin.setSpecialValueText(field.special)
     spin.setToolTip(field.tip)
     return named(spin, field.object_name, title)
 

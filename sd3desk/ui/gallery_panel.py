@@ -70,6 +70,7 @@ class GalleryPanel(QWidget):
     settings_requested = Signal(object)  # ImageMetadata to load into the form
     seed_requested = Signal(object)  # int: seeds reach 2^32 - 1, beyond Qt's int
     image_opened = Signal(object)  # ImageRow
+    source_requested = Signal(str)  # an image's path: start the next job from it
     notice = Signal(str)
 
     def __init__(self, model: GalleryModel, parent: QWidget | None = None) -> None:
@@ -84,6 +85,17 @@ class GalleryPanel(QWidget):
         self.model_filter.setAccessibleName("Model filter")
         self.favourites = QCheckBox("★ only")
         self.favourites.setObjectName("galleryFavourites")
+        self.mode_filter = QComboBox()
+        self.mode_filter.setObjectName("galleryModeFilter")
+        self.mode_filter.setAccessibleName("Made by")
+        for text, mode in (
+            ("Any way", None),
+            ("From noise", "txt2img"),
+            ("From a picture", "img2img"),
+            ("Inpainted", "inpaint"),
+            ("Hires fix", "hires"),
+        ):
+            self.mode_filter.addItem(text, mode)
         self.view = QListView()
         self.view.setObjectName("galleryView")
         self.view.setAccessibleName("Generated images")
@@ -100,6 +112,7 @@ class GalleryPanel(QWidget):
         filters = QHBoxLayout()
         filters.addWidget(self.search, 1)
         filters.addWidget(self.model_filter)
+        filters.addWidget(self.mode_filter)
         filters.addWidget(self.favourites)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -109,6 +122,7 @@ class GalleryPanel(QWidget):
         self.search.textChanged.connect(self._on_filters_changed)
         self.model_filter.currentTextChanged.connect(self._on_filters_changed)
         self.favourites.toggled.connect(self._on_filters_changed)
+        self.mode_filter.currentIndexChanged.connect(self._on_filters_changed)
         self.view.customContextMenuRequested.connect(self._on_view_context_menu)
         self.view.activated.connect(lambda index: self._open(self._row(index.row())))
         self.reload_models()
@@ -185,6 +199,7 @@ class GalleryPanel(QWidget):
             ("rerun", "Re-run exactly", None, self.rerun_exactly),
             ("rerun_seed", "Re-run with a new seed", None, self.rerun_new_seed),
             ("settings", "Load settings into the form", None, self.load_settings),
+            ("source", "Use as source (image to image)", None, self.use_as_source),
             ("seed", "Use this seed", None, self.use_seed),
             ("copy_image", "Copy image", QKeySequence.StandardKey.Copy, self.copy_image),
             ("copy_params", "Copy parameters", "Ctrl+Shift+C", self.copy_parameters),
@@ -218,6 +233,7 @@ class GalleryPanel(QWidget):
             self.search.text(),
             model=None if model in ("", ALL_MODELS) else model,
             favourites=self.favourites.isChecked(),
+            mode=self.mode_filter.currentData(),
         )
 
     def _on_view_context_menu(self, position) -> None:
@@ -288,6 +304,10 @@ class GalleryPanel(QWidget):
     def copy_parameters(self) -> None:
         if found := self._with_params():
             QGuiApplication.clipboard().setText(a1111_text(found[1]))
+
+    def use_as_source(self) -> None:
+        if row := self._current():
+            self.source_requested.emit(row.path)
 
     def open_folder(self) -> None:
         if row := self._current():

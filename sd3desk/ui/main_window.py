@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QTimer, QUrl
-from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QImage, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 from sd3desk import __version__
 from sd3desk.core.errors import InvalidParamsError
 from sd3desk.core.jobs import Job, JobState
-from sd3desk.core.params import GenerationParams
+from sd3desk.core.params import SLG_LAYERS, GenerationParams
 from sd3desk.core.settings import Settings
 from sd3desk.runtime.catalog import ModelEntry
 from sd3desk.runtime.events import (
@@ -36,7 +36,7 @@ from sd3desk.runtime.events import (
     QueueChanged,
     StepProgress,
 )
-from sd3desk.ui.generation_view import GenerationView
+from sd3desk.ui.generation_view import GenerationView, to_pil
 from sd3desk.ui.prompt_panel import PromptPanel
 from sd3desk.ui.queue_model import QueueModel
 from sd3desk.ui.queue_panel import QueuePanel
@@ -200,6 +200,16 @@ class MainWindow(QMainWindow):
         self.token_counter.counted.connect(panel.set_token_counts)
         session.models_listed.connect(self._on_session_models_listed)
         session.defaults_suggested.connect(panel.apply_defaults)
+        session.family_changed.connect(lambda family: panel.set_slg_available(family in SLG_LAYERS))
+        panel.load_picture = self._stored_picture
+        well = panel.well
+        well.open_requested.connect(self.open_source)
+        well.paste_requested.connect(self.paste_source)
+        well.file_dropped.connect(self.use_source_file)
+        well.mask_requested.connect(self.generation.paint_mask)
+        well.cleared.connect(self._on_source_cleared)
+        self.generation.source_requested.connect(self.use_source_file)
+        self.generation.mask_editor.changed.connect(self._on_mask_changed)
         session.settings_changed.connect(self._on_session_settings_changed)
         session.engine_note.connect(self.engine_label.setText)
         session.setup_needed.connect(self.open_model_setup)
@@ -226,6 +236,7 @@ class MainWindow(QMainWindow):
         g.settings_requested.connect(self._on_gallery_settings_requested)
         g.seed_requested.connect(self.prompt_panel.use_seed)
         g.image_opened.connect(lambda row: self.generation.show_image(row.path))
+        g.source_requested.connect(self.use_source_file)
         g.notice.connect(self.runtime.notices.info)
 
     # ------------------------------------------------------------------ requests
@@ -233,7 +244,7 @@ class MainWindow(QMainWindow):
     def generate(self) -> Job | None:
         """Queue the form's request; errors go next to their fields and nothing is queued."""
         try:
-            job = self.session.submit(self.prompt_panel.params())
+            job = self.session.submit(self._with_mask(self.prompt_panel.params()))
         except InvalidParamsError as exc:
             self.prompt_panel.show_errors(exc.errors)
             return None
@@ -242,14 +253,86 @@ class MainWindow(QMainWindow):
         return job
 
     def enqueue(self, params: GenerationParams) -> Job | None:
-        """Queue a request made elsewhere (a gallery re-run) as it is."""
+        """Queue a request made elsewhere (a gallery re-run) as it is; a stored picture it
+        needs and that was deleted is said, and nothing is queued."""
         try:
+            if params.source_image:
+                self.runtime.sources.check(params)
             job = self.runner.enqueue(params)
         except InvalidParamsError as exc:
             self.prompt_panel.show_errors(exc.errors)
             return None
         self._say_queued(job)
         return job
+
+    # ------------------------------------------------------------------ the source picture
+
+    def _with_mask(self, params: GenerationParams) -> GenerationParams:
+        """The form's request with the painted mask stored and named (inpainting), if any."""
+        canvas = self.generation.mask_editor.canvas
+        if not params.source_image or canvas.is_empty():
+            return params
+        digest = self.runtime.sources.put_image(to_pil(canvas.marks), "mask_image")
+        return params.replace(mask_image=digest)
+
+    def _stored_picture(self, digest: str) -> QImage | None:
+        from sd3desk.ui.generation_view import to_qimage
+
+        try:
+            picture = to_qimage(self.runtime.sources.open(digest))
+        except InvalidParamsError:
+            return None
+        self.generation.mask_editor.set_picture(picture)
+        return picture
+
+    def open_source(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Start from a picture",
+            "",
+            "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)",
+        )
+        if path:
+            self.use_source_file(path)
+
+    def paste_source(self) -> None:
+        image = QApplication.clipboard().image()
+        if image.isNull():
+            self.statusBar().showMessage("The clipboard holds no picture", 4000)
+            return
+        self._use_source(lambda store: store.put_image(to_pil(image)), "Pasted picture")
+
+    def use_source_file(self, path: str) -> None:
+        """Start the next jobs from the picture at `path` (its own size, within the model's
+        limits, becomes the form's size; the mask starts empty)."""
+        self._use_source(lambda store: store.put_file(path), Path(path).name)
+
+    def _use_source(self, store_it, name: str) -> None:
+        from sd3desk.core.sources import suggested_size
+
+        try:
+            digest = store_it(self.runtime.sources)
+        except InvalidParamsError as exc:
+            self.prompt_panel.show_errors(exc.errors)
+            return
+        picture = self._stored_picture(digest)
+        if picture is None:
+            return
+        entry = self.runtime.catalog.entry(self.prompt_panel.model_reference())
+        size = suggested_size(picture.width(), picture.height(), entry.max_side if entry else None)
+        self.prompt_panel.set_size(*size)
+        self.prompt_panel.set_source(digest, picture, name)
+        self.prompt_panel.set_masked(False)
+        self.prompt_panel.clear_errors()
+        self.statusBar().showMessage(f"The next jobs start from {name}", 4000)
+
+    def _on_source_cleared(self) -> None:
+        self.generation.mask_editor.canvas.clear()
+        self.generation.show_preview()
+        self.prompt_panel.set_masked(False)
+
+    def _on_mask_changed(self) -> None:
+        self.prompt_panel.set_masked(not self.generation.mask_editor.canvas.is_empty())
 
     def _say_queued(self, job: Job) -> None:
         place = self.runner.snapshot().places.get(job.id)

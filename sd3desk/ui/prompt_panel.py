@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtGui import QImage, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QApplication,
@@ -39,6 +40,7 @@ from sd3desk.ui.form_fields import (
     snap,
     write,
 )
+from sd3desk.ui.source_well import SourceWell
 from sd3desk.ui.theme import Tone, tone_style
 from sd3desk.ui.widgets import label, named, tool_button, wrapping_label
 
@@ -75,6 +77,22 @@ class PromptPanel(QWidget):
             cast(QSpinBox, w[k])
             for k in ("steps", "width", "height", "batch_size", "max_sequence_length")
         )
+        self.strength, self.hires_scale, self.hires_strength, self.slg = (
+            cast(QDoubleSpinBox, w[k])
+            for k in ("strength", "hires_scale", "hires_strength", "slg_scale")
+        )
+        self.mask_blur, self.mask_padding, self.hires_steps = (
+            cast(QSpinBox, w[k]) for k in ("mask_blur", "mask_padding", "hires_steps")
+        )
+        # the source picture: the window stores pictures and sets them here; `load_picture`
+        # (set by the window) finds a stored one by its digest when settings are loaded
+        self.well = SourceWell()
+        self.load_picture: Callable[[str], QImage | None] | None = None
+        self.strength_slider = named(
+            QSlider(Qt.Orientation.Horizontal), "strengthSlider", "Strength slider"
+        )
+        self.strength_slider.setRange(1, 100)
+        self.strength_slider.setToolTip(self.strength.toolTip())
         # 2. the helpers around them
         self.setup_button = tool_button("Add…", "modelSetupButton", "Add a model")
         self.setup_button.setToolTip("Find, download or add a model")
@@ -111,6 +129,7 @@ class PromptPanel(QWidget):
         self._lay_out()
         self._connect()
         self.set_params(GenerationParams(prompt=""))
+        self._update_picture_rows()
 
     def _note(self, name: str, text: str) -> QLabel:
         note = wrapping_label(name, text)
@@ -157,6 +176,20 @@ class PromptPanel(QWidget):
                     form.addRow("", self._errors[fields[widget]])
 
         fields = {widget: name for name, widget in self.widgets.items()}
+        layout.addWidget(self.well)
+        self._picture_box = named(QWidget(), "pictureBox")
+        pictures = QFormLayout(self._picture_box)
+        pictures.setContentsMargins(0, 0, 0, 0)
+        pictures.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        row(pictures, "St&rength", self.strength_slider, self.strength)
+        self._mask_box = named(QWidget(), "maskBox")
+        masks = QFormLayout(self._mask_box)
+        masks.setContentsMargins(0, 0, 0, 0)
+        masks.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        row(masks, "Mask &blur", self.mask_blur)
+        row(masks, "&Only masked", self.mask_padding)
+        pictures.addRow(self._mask_box)
+        layout.addWidget(self._picture_box)
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         row(form, "&Seed", self.seed, self.random_seed, self.reuse_seed)
@@ -179,13 +212,28 @@ class PromptPanel(QWidget):
         self.advanced.setCheckable(True)
         self.advanced.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.advanced.setAutoRaise(True)
-        self.advanced.setToolTip("Timestep shift and the T5 token limit")
+        self.advanced.setToolTip(
+            "Timestep shift, the T5 token limit, the hires fix and skip-layer guidance"
+        )
         self._advanced_box = named(QWidget(), "advancedBox")
         inner = QFormLayout(self._advanced_box)
         inner.setContentsMargins(0, 0, 0, 0)
         row(inner, "S&hift", self.shift)
         row(inner, "T5 to&kens", self.t5_length)
-        self._advanced_fields = (self.shift, self.t5_length)
+        row(inner, "Hires &fix", self.hires_scale)
+        row(inner, "Hires ste&ps", self.hires_steps)
+        row(inner, "Hires stre&ngth", self.hires_strength)
+        self._slg_label = label("Skip-&layer guidance", self.slg)
+        inner.addRow(self._slg_label, self.slg)
+        inner.addRow("", self._errors["slg_scale"])
+        self._advanced_fields = (
+            self.shift,
+            self.t5_length,
+            self.hires_scale,
+            self.hires_steps,
+            self.hires_strength,
+            self.slg,
+        )
         self.advanced.toggled.connect(self._show_advanced)
         self._show_advanced(False)
         layout.addWidget(self.advanced)
@@ -226,6 +274,9 @@ class PromptPanel(QWidget):
         for spin in (self.width_spin, self.height_spin):
             spin.editingFinished.connect(self._on_size_edited)
             spin.valueChanged.connect(self._update_size_note)
+        self.strength.valueChanged.connect(self._on_strength_changed)
+        self.strength_slider.valueChanged.connect(lambda v: self.strength.setValue(v / 100))
+        self.well.cleared.connect(self.clear_source)
         self.model_combo.currentIndexChanged.connect(self._on_model_index_changed)
         # every field: saving the form, clearing its error; the wheel only when focused
         self._changed = QTimer(self, singleShot=True, interval=400)
@@ -238,7 +289,7 @@ class PromptPanel(QWidget):
             changed.connect(lambda *_, error=self._errors[name]: error.hide())
             if not isinstance(widget, QPlainTextEdit):
                 self._wheel_filter.watch(widget)
-        for widget in (self.guidance_slider, self.aspect):
+        for widget in (self.guidance_slider, self.aspect, self.strength_slider):
             self._wheel_filter.watch(widget)
 
     # ------------------------------------------------------------------ the form <-> params
@@ -248,6 +299,9 @@ class PromptPanel(QWidget):
         values = {name: read(widget) for name, widget in self.widgets.items()}
         values["seed"] = None if self.random_seed.isChecked() else int(values["seed"])
         values["guidance_scale"] = round(values["guidance_scale"], 2)
+        for name in ("strength", "hires_scale", "hires_strength", "slg_scale"):
+            values[name] = round(values[name], 2)
+        values["source_image"] = self.well.digest
         return GenerationParams(**values)
 
     def set_params(
@@ -269,6 +323,47 @@ class PromptPanel(QWidget):
             write(widget, value)
         if "width" not in keep and "height" not in keep:
             self.set_size(params.width, params.height)
+        self._set_source(params.source_image)
+
+    # ------------------------------------------------------------------ the source picture
+
+    def set_source(self, digest: str, picture: QImage, name: str) -> None:
+        """Start from `picture` (stored as `digest`); the form shows its strength row."""
+        self.well.set_source(digest, picture, name)
+        self._update_picture_rows()
+        self._changed.start()
+
+    def clear_source(self) -> None:
+        self.well.clear()
+        self._update_picture_rows()
+        self._changed.start()
+
+    def set_masked(self, masked: bool) -> None:
+        """Whether a mask is painted: inpainting, with its blur and padding rows."""
+        self.well.set_masked(masked)
+        self._update_picture_rows()
+
+    def set_slg_available(self, available: bool) -> None:
+        """Skip-layer guidance is shown only for families it works on (SD3.5 Medium)."""
+        for widget in (self._slg_label, self.slg):
+            widget.setVisible(available)
+
+    def _set_source(self, digest: str) -> None:
+        if digest == self.well.digest:
+            return
+        picture = self.load_picture(digest) if digest and self.load_picture else None
+        if picture is None:
+            self.clear_source()
+            if digest:
+                message = f"the picture {digest[:12]}… is no longer stored; pick it again"
+                self.show_errors([FieldError("source_image", message)])
+        else:
+            self.set_source(digest, picture, "the stored picture")
+
+    def _update_picture_rows(self) -> None:
+        has = bool(self.well.digest)
+        self._picture_box.setVisible(has)
+        self._mask_box.setVisible(has and self.well._masked)
 
     def set_size(self, width: int, height: int) -> None:
         for spin, value in ((self.width_spin, width), (self.height_spin, height)):
@@ -279,11 +374,13 @@ class PromptPanel(QWidget):
         self._update_size_note()
 
     def apply_defaults(self, params: GenerationParams) -> None:
-        """A model family's recommended steps, guidance, shift and size (prompts untouched)."""
+        """A model family's recommended steps, guidance, shift, skip-layer guidance and size
+        (prompts untouched)."""
         for spin, value in (
             (self.steps, params.steps),
             (self.guidance, params.guidance_scale),
             (self.shift, params.shift),
+            (self.slg, params.slg_scale),
         ):
             write(spin, value)
         self.set_size(params.width, params.height)
@@ -446,3 +543,9 @@ class PromptPanel(QWidget):
     def _update_size_note(self) -> None:
         width, height = self.width_spin.value(), self.height_spin.value()
         self.size_note.setText(f"{width * height / 1e6:.2f} megapixels")
+        self.well.set_size(width, height)
+
+    def _on_strength_changed(self, value: float) -> None:
+        self.strength_slider.blockSignals(True)
+        self.strength_slider.setValue(round(value * 100))
+        self.strength_slider.blockSignals(False)

@@ -38,6 +38,7 @@ class Session(QObject):
     models_listed = Signal(object, str)  # list[ModelEntry], the reference to keep picked
     defaults_suggested = Signal(object)  # GenerationParams: a new family's recommended values
     settings_changed = Signal(object)  # Settings, saved and applied
+    family_changed = Signal(object)  # the picked model's ModelFamily, once known (or None)
     engine_note = Signal(str)  # what the session asked the engine to do ("Loading X…")
     setup_needed = Signal()  # first run: no model anywhere, nothing queued
 
@@ -116,6 +117,7 @@ class Session(QObject):
             if family is not None and family != self._family:
                 self.defaults_suggested.emit(defaults_for(family))
             self._family = family
+        self.family_changed.emit(family)
         if self.runtime.catalog.searched:  # before that, the first search result starts it
             self._preload_timer.start()
         if reference != self.settings.last_model:
@@ -159,6 +161,7 @@ class Session(QObject):
             self.models_listed.emit(entries, current)
         if self._family is None:  # the restored form's model: switching within it keeps values
             self._family = self.runtime.catalog.family_of(self._picked)
+        self.family_changed.emit(self.runtime.catalog.family_of(self._picked))
         if first and self._picked:
             # Only now: the model search and the engine's torch import both import many modules,
             # and run together they stalled the GUI thread for ~200 ms (bench/gui_latency.py).

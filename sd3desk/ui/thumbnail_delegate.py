@@ -1,4 +1,5 @@
-"""Draws one gallery cell: the thumbnail centred in its square, a star on favourites."""
+"""Draws one gallery cell: the thumbnail centred in its square, a star on favourites, a badge
+saying how it was made when not from noise alone ("from image", "inpaint", "hires")."""
 
 from __future__ import annotations
 
@@ -46,6 +47,15 @@ class ThumbnailDelegate(QStyledItemDelegate):
         elif row is not None and row.path in model.thumbnails.failed:
             painter.setPen(palette.placeholderText().color())
             painter.drawText(rect, Qt.AlignmentFlag.AlignCenter, "no preview")
+        if row is not None and row.badge:
+            font = painter.font()
+            font.setPointSizeF(font.pointSizeF() * 0.8)
+            painter.setFont(font)
+            text_rect = painter.fontMetrics().boundingRect(row.badge).adjusted(-4, -1, 4, 1)
+            text_rect.moveBottomLeft(rect.adjusted(6, 0, 0, -6).bottomLeft())
+            painter.fillRect(text_rect, palette.toolTipBase())
+            painter.setPen(palette.toolTipText().color())
+            painter.drawText(text_rect, Qt.AlignmentFlag.AlignCenter, row.badge)
         if row is not None and row.favourite:
             painter.setPen(palette.brightText().color() if selected else Qt.GlobalColor.darkYellow)
             painter.drawText(
