@@ -31,7 +31,6 @@ SOURCE = "a1111"
 SAMPLER = "Euler"  # SD3's flow-matching Euler: the only sampler sd3desk runs
 SAMPLER_ALIASES = ("euler", "flow_match_euler", "FlowMatchEulerDiscreteScheduler")
 NOT_YET = {
-    "img2img": "image-to-image is not in sd3desk yet",
     "extra-single-image": "sd3desk has no upscalers",
     "extra-batch-images": "sd3desk has no upscalers",
     "interrogate": "sd3desk does not caption images",
@@ -60,8 +59,28 @@ class Txt2ImgRequest(BaseModel):
     scheduler: str | None = None
     override_settings: dict[str, Any] | None = None
     enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_second_pass_steps: int = 0  # 0: as steps
+    hr_upscaler: str | None = None
+    denoising_strength: float | None = None  # the hires pass's, with enable_hr
     send_images: bool = True
     save_images: bool = False
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """A1111's StableDiffusionImg2ImgProcessingAPI: the picture (and mask) in base64; the
+    denoising strength; inpainting's mask blur, "only masked" and its padding, inverted masks.
+    sd3desk always fits the picture to the size by scaling and cropping around the centre."""
+
+    init_images: list[str] = Field(default_factory=list, max_length=1)
+    denoising_strength: float | None = 0.75  # (A1111's default)
+    mask: str | None = None
+    mask_blur: int = 4
+    inpaint_full_res: bool = False  # "Only masked"
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    resize_mode: int = 1
+    include_init_images: bool = False
 
 
 class ImagesResponse(BaseModel):
@@ -129,13 +148,65 @@ class Requests:
 
 @router.post("/txt2img", response_model=ImagesResponse, summary="Text to image (waits for it)")
 async def txt2img(body: Txt2ImgRequest, request: Request) -> ImagesResponse:
+    door = door_of(request)
+    entry = _entry(door, body)
+    return await _generate(door, request, body, entry, _requests(body, entry), _notes(body))
+
+
+@router.post(
+    "/img2img", response_model=ImagesResponse, summary="Image to image, inpainting (waits)"
+)
+async def img2img(body: Img2ImgRequest, request: Request) -> ImagesResponse:
+    door = door_of(request)
+    entry = _entry(door, body)
+    if not body.init_images:
+        raise InvalidParamsError([FieldError("init_images", "give one picture (base64)")])
+    pictures = await run_in_threadpool(_store_pictures, door, body)
+    requests = [p.replace(**pictures) for p in _requests(body, entry)]
+    notes = _notes(body)
+    if body.resize_mode != 1:
+        notes.append("the picture was fitted by scaling and cropping (A1111's crop and resize)")
+    return await _generate(door, request, body, entry, requests, notes)
+
+
+def _entry(door: Door, body: Txt2ImgRequest) -> ModelEntry:
+    checkpoint = (body.override_settings or {}).get("sd_model_checkpoint")
+    return door.model_for(str(checkpoint or ""), "override_settings.sd_model_checkpoint")
+
+
+def _store_pictures(door: Door, body: Img2ImgRequest) -> dict[str, Any]:
+    """The picture and mask into the store; the request's fields of starting from them."""
+    from PIL import ImageOps
+
+    fields: dict[str, Any] = {
+        "source_image": door.store_picture(body.init_images[0], "init_images"),
+        "strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
+    }
+    if body.mask:
+        mask = door.store_picture(body.mask, "mask")
+        if body.inpainting_mask_invert:  # "inpaint not masked": the other part repaints
+            inverted = ImageOps.invert(door.runtime.sources.open(mask, "mask_image"))
+            mask = door.runtime.sources.put_image(inverted, "mask")
+        fields |= {
+            "mask_image": mask,
+            "mask_blur": body.mask_blur,
+            # ("only masked" with A1111's padding 0 is a margin of one pixel here: 0 means the
+            # whole picture in sd3desk)
+            "mask_padding": max(1, body.inpaint_full_res_padding) if body.inpaint_full_res else 0,
+        }
+    return fields
+
+
+async def _generate(
+    door: Door,
+    request: Request,
+    body: Txt2ImgRequest,
+    entry: ModelEntry,
+    requests: list[GenerationParams],
+    notes: list[str],
+) -> ImagesResponse:
     # a coroutine, so that a call waiting for its images holds no thread: the threads are
     # for the short work before and after (the runner's commands, reading the PNGs)
-    door = door_of(request)
-    checkpoint = (body.override_settings or {}).get("sd_model_checkpoint")
-    entry = door.model_for(str(checkpoint or ""), "override_settings.sd_model_checkpoint")
-    notes = _notes(body)
-    requests = _requests(body, entry)
     client = client_address(request)
     jobs = await run_in_threadpool(door.submit, requests, entry, SOURCE, client)
     groups = _groups(request)
@@ -200,6 +271,12 @@ def _requests(body: Txt2ImgRequest, entry: ModelEntry) -> list[GenerationParams]
     ):
         if value is not None:
             base = base.replace(**{name: value})
+    if body.enable_hr and not isinstance(body, Img2ImgRequest):
+        base = base.replace(
+            hires_scale=body.hr_scale,
+            hires_steps=body.hr_second_pass_steps,
+            hires_strength=0.7 if body.denoising_strength is None else body.denoising_strength,
+        )
     base = base.with_concrete_seed()
     assert base.seed is not None
     return [
@@ -215,8 +292,9 @@ def _notes(body: Txt2ImgRequest) -> list[str]:
             notes.append(
                 f"sampler {asked!r} is not available for SD3; used {SAMPLER} (flow matching)"
             )
-    if body.enable_hr:
-        notes.append("hires fix is not in sd3desk yet; the image is at the asked size")
+    upscaler = (body.hr_upscaler or "").strip().lower()
+    if body.enable_hr and upscaler not in ("", "lanczos"):
+        notes.append(f"hires upscaler {body.hr_upscaler!r} is not in sd3desk; used Lanczos")
     return notes
 
 

@@ -26,6 +26,7 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()  # web pages allowed to call the API (none by default)
     model: str = ""  # the model for requests that name none ("" = the last one used)
     max_body_bytes: int = 1_000_000  # a txt2img request is a few hundred bytes
+    max_picture_body_bytes: int = 64_000_000  # requests with pictures in base64 (img2img)
     max_images_per_request: int = 64  # batch_size x n_iter
     max_waiting_per_client: int = 100  # queued jobs one address may have at a time
 

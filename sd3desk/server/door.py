@@ -111,6 +111,8 @@ class Door:
             errors = validate(params, entry.max_side)
             if errors:
                 raise InvalidParamsError(errors)
+            if params.source_image:
+                self.runtime.sources.check(params)
         waiting = sum(1 for job in self.runner.snapshot().waiting if job.client == client)
         if client and waiting + len(requests) > self.config.max_waiting_per_client:
             raise LimitExceeded(
@@ -122,6 +124,27 @@ class Door:
         return self.runner.enqueue_many(model, front=front, source=source, client=client)
 
     # ------------------------------------------------------------------ files
+
+    def store_picture(self, text: str, field: str) -> str:
+        """A picture a client sent (base64, with or without a "data:image/...;base64," prefix;
+        or the SHA-256 of one stored already, as a job's parameters name it) into the data
+        folder's store; its digest. InvalidParamsError naming `field` otherwise."""
+        import base64
+        import binascii
+        import re
+
+        text = text.strip()
+        if re.fullmatch(r"[0-9a-f]{64}", text) and text in self.runtime.sources:
+            return text
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidParamsError(
+                [FieldError(field, "is neither base64 picture data nor a stored picture's sha256")]
+            ) from None
+        return self.runtime.sources.put(data, field)
 
     def gallery(self) -> GalleryIndex:
         """The gallery index on this thread's own connection (SQLite stays on one thread)."""

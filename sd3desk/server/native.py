@@ -32,6 +32,9 @@ ImageId = Annotated[int, FastPath(ge=1, le=ROW_ID_MAX, description="an image's i
 # ---------------------------------------------------------------------- schemas
 
 
+PICTURE_CHARS_MAX = 60_000_000  # base64 of a 45 MB picture file
+
+
 class JobRequest(BaseModel):
     """A generation request; unset fields take the model family's defaults."""
 
@@ -49,6 +52,26 @@ class JobRequest(BaseModel):
     max_sequence_length: int | None = None
     model: str = Field("", max_length=4096, description="a model from /api/v1/models")
     front: bool = Field(False, description="put the job before every waiting one")
+    source_image: str | None = Field(
+        None,
+        max_length=PICTURE_CHARS_MAX,
+        description="start from this picture (img2img): base64 PNG, JPEG or WebP, or the "
+        "sha256 of a picture stored already (as a job's params name it)",
+    )
+    strength: float | None = Field(None, description="how much of the picture to change, 0-1")
+    mask_image: str | None = Field(
+        None,
+        max_length=PICTURE_CHARS_MAX,
+        description="inpainting: white repaints, black keeps; the source's size (as source_image)",
+    )
+    mask_blur: int | None = None
+    mask_padding: int | None = Field(
+        None, description="0: the whole picture; more: only the masked area with this margin"
+    )
+    hires_scale: float | None = Field(None, description="1 (off) or 1.25-2: the hires fix")
+    hires_steps: int | None = None
+    hires_strength: float | None = None
+    slg_scale: float | None = Field(None, description="skip-layer guidance, 0 (off) to 10")
 
 
 class ImageLink(BaseModel):
@@ -216,6 +239,9 @@ def create_job(body: JobRequest, request: Request) -> JobOut:
     door = door_of(request)
     entry = door.model_for(body.model)
     given = {k: v for k, v in body.model_dump(exclude={"model", "front"}).items() if v is not None}
+    for field in ("source_image", "mask_image"):
+        if field in given:
+            given[field] = door.store_picture(given[field], field)
     params = dataclasses.replace(defaults_for(entry.family, model=entry.reference), **given)
     (job,) = door.submit([params], entry, SOURCE, client_address(request), front=body.front)
     return job_out(door, job)

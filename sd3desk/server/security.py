@@ -33,6 +33,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE = "sd3desk_token"
+# Requests whose body may carry pictures in base64 (ServeConfig.max_picture_body_bytes)
+PICTURE_PATHS = frozenset({"/sdapi/v1/img2img", "/api/v1/jobs"})
 
 
 class Guard:
@@ -59,9 +61,10 @@ class Guard:
             await _redirect_with_cookie(scope, send, self.config.token)
             return
         if scope["type"] == "http":
-            limited = self._limited(headers, receive)
+            limited = self._limited(headers, receive, scope.get("path", ""))
             if limited is None:
-                await _deny(scope, _no_body, send, 413, self._too_big(), {})
+                limit = self._limit(scope.get("path", ""))
+                await _deny(scope, _no_body, send, 413, self._too_big(limit), {})
                 return
             receive = limited
         await self.app(scope, receive, send)
@@ -111,9 +114,15 @@ class Guard:
             and _query_token(scope) is not None
         )
 
-    def _limited(self, headers: dict[str, str], receive: Receive) -> Receive | None:
+    def _limit(self, path: str) -> int:
+        """Bodies that may carry pictures (img2img, a native job) get the larger limit."""
+        if path in PICTURE_PATHS:
+            return self.config.max_picture_body_bytes
+        return self.config.max_body_bytes
+
+    def _limited(self, headers: dict[str, str], receive: Receive, path: str) -> Receive | None:
         """`receive` that stops a body at the limit; None when Content-Length is already over."""
-        limit = self.config.max_body_bytes
+        limit = self._limit(path)
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             return None
@@ -125,13 +134,14 @@ class Guard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge(self._too_big())
+                    raise BodyTooLarge(self._too_big(limit))
             return message
 
         return limited
 
-    def _too_big(self) -> str:
-        return f"the request body is over {self.config.max_body_bytes} bytes"
+    @staticmethod
+    def _too_big(limit: int) -> str:
+        return f"the request body is over {limit} bytes"
 
 
 class BodyTooLarge(Exception):

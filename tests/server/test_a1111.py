@@ -86,8 +86,73 @@ def test_missing_endpoints_answer_json_not_traces(served):
     with served.client() as http:
         missing = http.get("/sdapi/v1/loras-of-the-future")
         assert missing.status_code == 404 and "does not offer" in missing.json()["detail"]
-        later = http.post("/sdapi/v1/img2img", json={"init_images": []})
-        assert later.status_code == 501 and "image-to-image" in later.json()["detail"]
+        later = http.post("/sdapi/v1/extra-single-image", json={})
+        assert later.status_code == 501 and "upscalers" in later.json()["detail"]
+        no_picture = http.post("/sdapi/v1/img2img", json={"init_images": []})
+        assert no_picture.status_code == 422 and "init_images" in no_picture.text
         bad = http.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 100000})
         assert bad.status_code == 422
         assert bad.json()["detail"][0]["loc"] == ["body", "steps"]
+
+
+def test_img2img_and_inpainting_through_webuiapi(served):
+    """webuiapi's img2img with its own defaults (inpaint_full_res=True, padding 0, resize 0):
+    the picture's pixels outside the mask come back as they went, the fields are written."""
+    from PIL import Image, ImageDraw
+
+    client = api(served)
+    picture = Image.new("RGB", (256, 256), (30, 90, 160))
+    ImageDraw.Draw(picture).ellipse((60, 60, 200, 200), fill=(240, 200, 40))
+    varied = client.img2img(
+        images=[picture],
+        prompt="a sun",
+        seed=3,
+        steps=4,
+        width=256,
+        height=256,
+        denoising_strength=0.5,
+    )
+    (image,) = varied.images
+    parsed = parse_a1111(image.info["parameters"])
+    assert parsed.params.strength == 0.5 and image.size == (256, 256)
+    assert any("crop and resize" in note for note in varied.info["comments"])  # resize_mode 0
+    mask = Image.new("L", (256, 256), 0)
+    mask.paste(255, (96, 96, 160, 160))
+    repainted = client.img2img(
+        images=[picture],
+        mask_image=mask,
+        prompt="a moon",
+        seed=3,
+        steps=4,
+        width=256,
+        height=256,
+        denoising_strength=1.0,
+        mask_blur=0,
+    )
+    (result,) = repainted.images
+    import numpy as np
+
+    kept = np.asarray(mask) == 0
+    assert (np.asarray(result.convert("RGB"))[kept] == np.asarray(picture)[kept]).all()
+    text = result.info["parameters"]
+    assert "Mask blur: 0" in text and "Inpaint area: Only masked" in text
+
+
+def test_txt2img_with_hires_fix(served):
+    client = api(served)
+    result = client.txt2img(
+        prompt="a tower",
+        seed=5,
+        steps=4,
+        width=256,
+        height=256,
+        enable_hr=True,
+        hr_scale=1.5,
+        denoising_strength=0.4,
+        hr_second_pass_steps=4,
+        hr_upscaler="Lanczos",
+    )
+    (image,) = result.images
+    assert image.size == (384, 384)
+    text = image.info["parameters"]
+    assert "Hires upscale: 1.5" in text and "Denoising strength: 0.4" in text

@@ -144,3 +144,35 @@ def test_models_and_the_schema(served):
         schema = http.get("/openapi.json").json()
         assert "/api/v1/jobs" in schema["paths"] and "/sdapi/v1/txt2img" in schema["paths"]
         assert http.get("/docs").status_code == 200
+
+
+def test_a_job_from_a_picture_over_the_native_api(served):
+    """source_image in base64, then the same picture by the sha256 the job's params name."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 60, 60)).save(buffer, format="PNG")
+    picture = base64.b64encode(buffer.getvalue()).decode()
+    with served.client() as http:
+        body = {"prompt": "a red wall", "seed": 2, "steps": 4, "width": 256, "height": 256}
+        made = http.post("/api/v1/jobs", json={**body, "source_image": picture, "strength": 0.4})
+        assert made.status_code == 201, made.text
+        params = made.json()["params"]
+        assert params["strength"] == 0.4 and len(params["source_image"]) == 64
+        again = http.post("/api/v1/jobs", json={**body, "source_image": params["source_image"]})
+        assert (
+            again.status_code == 201
+            and again.json()["params"]["source_image"] == params["source_image"]
+        )
+        bad = http.post("/api/v1/jobs", json={**body, "source_image": "not a picture!"})
+        assert bad.status_code == 422 and "source_image" in bad.text
+        small = io.BytesIO()
+        Image.new("L", (128, 128), 255).save(small, format="PNG")
+        mask = base64.b64encode(small.getvalue()).decode()
+        wrong_mask = http.post(
+            "/api/v1/jobs", json={**body, "source_image": picture, "mask_image": mask}
+        )
+        assert wrong_mask.status_code == 422 and "mask_image" in wrong_mask.text

@@ -115,9 +115,12 @@ def test_serving_other_computers_makes_and_keeps_a_token(tmp_path):
 
 
 def test_limits_refuse_with_413_and_429_and_queue_nothing(make_client, qtbot):
-    client = make_client(max_body_bytes=2000, max_waiting_per_client=3)
-    huge = client.post("/api/v1/jobs", json={"prompt": "x" * 5000})
+    client = make_client(max_body_bytes=2000, max_picture_body_bytes=4000, max_waiting_per_client=3)
+    huge = client.post("/sdapi/v1/txt2img", json={"prompt": "x" * 3000})
     assert huge.status_code == 413 and "2000 bytes" in huge.json()["detail"]
+    # a request that may carry pictures has the larger limit, and a limit still
+    picture = client.post("/api/v1/jobs", json={"prompt": "x", "source_image": "A" * 5000})
+    assert picture.status_code == 413 and "4000 bytes" in picture.json()["detail"]
     many = in_thread(
         qtbot,
         lambda: client.post(
