@@ -36,6 +36,7 @@ class ModelFamily(Enum):
     sd3_medium = "sd3-medium"
     sd35_medium = "sd3.5-medium"
     sd35_large = "sd3.5-large"
+    sd35_large_turbo = "sd3.5-large-turbo"  # Large's weights, distilled for 4 steps
     test = "sd3desk-test"
 
 
@@ -58,6 +59,8 @@ FAMILY_DEFAULTS: dict[ModelFamily, FamilyDefaults] = {
     ModelFamily.sd3_medium: FamilyDefaults("SD3 Medium", 28, 7.0, 3.0, 1024, 192 * 16),
     ModelFamily.sd35_medium: FamilyDefaults("SD3.5 Medium", 40, 4.5, 3.0, 1024, 384 * 16),
     ModelFamily.sd35_large: FamilyDefaults("SD3.5 Large", 28, 3.5, 3.0, 1024, 192 * 16),
+    # Stability's model card: 4 steps, guidance 0 (CFG off)
+    ModelFamily.sd35_large_turbo: FamilyDefaults("SD3.5 Large Turbo", 4, 0.0, 3.0, 1024, 192 * 16),
     ModelFamily.test: FamilyDefaults(
         "sd3desk test model (random weights, makes noise)", 8, 5.0, 3.0, 256, 128 * 16
     ),
@@ -73,6 +76,19 @@ SLG_LAYERS: dict[ModelFamily, tuple[int, ...]] = {
 }
 SLG_START, SLG_STOP = 0.01, 0.2
 SLG_DEFAULT_SCALE = {ModelFamily.sd35_medium: 2.8}
+
+
+def architecture(family: ModelFamily) -> ModelFamily:
+    """The family whose configs and weight layout `family` shares (Turbo is Large's)."""
+    return ModelFamily.sd35_large if family is ModelFamily.sd35_large_turbo else family
+
+
+def turbo_or(family: ModelFamily, *names: str) -> ModelFamily:
+    """SD3.5 Large Turbo when the file or repo name says so: its weights are shaped like
+    Large's, so the name is all there is to tell them apart."""
+    if family is ModelFamily.sd35_large and any("turbo" in n.lower() for n in names):
+        return ModelFamily.sd35_large_turbo
+    return family
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,8 @@ class Settings:
     output_dir: str = ""  # "" means AppPaths.outputs
     model_dirs: tuple[str, ...] = ()
     gallery_dirs: tuple[str, ...] = ()  # shown in the gallery besides the output folder
+    # the user's word on a model's family where its name misleads (Turbo or not), by reference
+    model_families: dict[str, str] = field(default_factory=dict)
     device: Device = Device.auto
     memory_plan: MemoryPlan = MemoryPlan.auto
     last_model: str = ""
@@ -153,6 +155,7 @@ class Settings:
             "output_dir": self.output_dir,
             "model_dirs": list(self.model_dirs),
             "gallery_dirs": list(self.gallery_dirs),
+            "model_families": dict(self.model_families),
             "device": self.device.value,
             "memory_plan": self.memory_plan.value,
             "last_model": self.last_model,
@@ -197,6 +200,12 @@ def _parse_setting(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
             raise ValueError(key)
         return value
+    if key == "model_families":
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise TypeError(key)
+        return dict(value)
     if key in ("model_dirs", "gallery_dirs"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TypeError(key)

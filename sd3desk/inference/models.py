@@ -18,7 +18,13 @@ from typing import Any
 
 from sd3desk.core.errors import ModelError, RefusedFormatError
 from sd3desk.core.files import NotRegularFileError, check_regular, describe_kind, open_regular
-from sd3desk.core.params import FAMILY_DEFAULTS, SD3_PIPELINE, ModelFamily
+from sd3desk.core.params import (
+    FAMILY_DEFAULTS,
+    SD3_PIPELINE,
+    ModelFamily,
+    architecture,
+    turbo_or,
+)
 from sd3desk.inference.checkpoint_layout import MMDIT_PREFIX
 from sd3desk.inference.testmodel import GGUF_TEST_KEY, HEADER_KEY, MARKER_FILE
 
@@ -125,7 +131,8 @@ class ModelSource:
 
 def bundled_config_dir(family: ModelFamily) -> Path:
     """Configs (no weights) shipped for single-file loading of a real model family."""
-    return Path(str(resources.files("sd3desk") / "resources" / "configs" / family.value))
+    folder = architecture(family).value
+    return Path(str(resources.files("sd3desk") / "resources" / "configs" / folder))
 
 
 def bundled_clip_tokenizer_dir() -> Path:
@@ -522,7 +529,7 @@ def source_from_path(
         return ModelSource(
             kind or ModelKind.folder,
             path,
-            family,
+            turbo_or(family, path.name, Path(reference).name, name or ""),
             name or path.name,
             reference,
             parts,
@@ -550,7 +557,7 @@ def source_from_path(
     return ModelSource(
         kind or default_kind,
         path,
-        info.family,
+        turbo_or(info.family, path.name, Path(reference).name, name or ""),
         name or path.stem,
         reference,
         info.parts,

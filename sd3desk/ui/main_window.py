@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 from sd3desk import __version__
 from sd3desk.core.errors import InvalidParamsError
 from sd3desk.core.jobs import Job, JobState
-from sd3desk.core.params import SLG_LAYERS, GenerationParams
+from sd3desk.core.params import GenerationParams
 from sd3desk.core.settings import Settings
 from sd3desk.runtime.catalog import ModelEntry
 from sd3desk.runtime.events import (
@@ -200,7 +200,8 @@ class MainWindow(QMainWindow):
         self.token_counter.counted.connect(panel.set_token_counts)
         session.models_listed.connect(self._on_session_models_listed)
         session.defaults_suggested.connect(panel.apply_defaults)
-        session.family_changed.connect(lambda family: panel.set_slg_available(family in SLG_LAYERS))
+        session.family_changed.connect(panel.set_family)
+        panel.turbo_toggled.connect(lambda turbo: session.set_turbo(panel.model_reference(), turbo))
         panel.load_picture = self._stored_picture
         well = panel.well
         well.open_requested.connect(self.open_source)

@@ -27,7 +27,14 @@ from PySide6.QtWidgets import (
 )
 
 from sd3desk.core.errors import FieldError
-from sd3desk.core.params import PROMPT_CHARS_MAX, SIZE_PRESETS, GenerationParams, PromptLength
+from sd3desk.core.params import (
+    PROMPT_CHARS_MAX,
+    SIZE_PRESETS,
+    SLG_LAYERS,
+    GenerationParams,
+    ModelFamily,
+    PromptLength,
+)
 from sd3desk.ui.form_fields import (
     FIELDS,
     TITLES,
@@ -58,6 +65,7 @@ class PromptPanel(QWidget):
     form_changed = Signal()  # anything changed (400 ms after the last change): save the form
     model_changed = Signal(str)  # the picked model's reference
     setup_requested = Signal()  # "Add a model…"
+    turbo_toggled = Signal(bool)  # the user says the SD3.5 Large model is (not) Turbo
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -94,6 +102,12 @@ class PromptPanel(QWidget):
         self.strength_slider.setRange(1, 100)
         self.strength_slider.setToolTip(self.strength.toolTip())
         # 2. the helpers around them
+        self.turbo = named(QCheckBox("Turbo"), "turboCheck")
+        self.turbo.setToolTip(
+            "SD3.5 Large Turbo (4 steps, guidance off): found from the file or repo name; "
+            "tick or clear it where the name is wrong"
+        )
+        self.turbo.hide()
         self.setup_button = tool_button("Add…", "modelSetupButton", "Add a model")
         self.setup_button.setToolTip("Find, download or add a model")
         self.prompt_count = self._note("promptTokens", count_text(None))
@@ -153,6 +167,7 @@ class PromptPanel(QWidget):
         layout.setContentsMargins(6, 6, 6, 6)
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.turbo)
         model_row.addWidget(self.setup_button)
         layout.addLayout(model_row)
         layout.addWidget(self._errors["model"])
@@ -259,6 +274,7 @@ class PromptPanel(QWidget):
         escape.setContext(Qt.ShortcutContext.WindowShortcut)
         escape.activated.connect(self._on_escape)
         self.setup_button.clicked.connect(self.setup_requested)
+        self.turbo.clicked.connect(self.turbo_toggled)  # (clicked: the user's, not set_family's)
         for edited in (self.prompt.textChanged, self.negative.textChanged):
             edited.connect(self.prompt_edited)
         for name in ("prompt", "negative_prompt"):
@@ -342,6 +358,14 @@ class PromptPanel(QWidget):
         """Whether a mask is painted: inpainting, with its blur and padding rows."""
         self.well.set_masked(masked)
         self._update_picture_rows()
+
+    def set_family(self, family: ModelFamily | None) -> None:
+        """The picked model's family: Turbo's box for SD3.5 Large models, skip-layer guidance
+        where it acts."""
+        large = (ModelFamily.sd35_large, ModelFamily.sd35_large_turbo)
+        self.turbo.setVisible(family in large)
+        self.turbo.setChecked(family is ModelFamily.sd35_large_turbo)
+        self.set_slg_available(family in SLG_LAYERS)
 
     def set_slg_available(self, available: bool) -> None:
         """Skip-layer guidance is shown only for families it works on (SD3.5 Medium)."""

@@ -110,7 +110,7 @@ class Session(QObject):
         self._picked = reference
         if self.runtime.catalog.searched:  # (before, the first search result offers it)
             self._offer(reference)
-        family = self.runtime.catalog.family_of(reference)
+        family = self.family_of(reference)
         if self._restoring:
             self._family = None  # known once the catalog is (see _on_catalog_found)
         else:
@@ -122,6 +122,25 @@ class Session(QObject):
             self._preload_timer.start()
         if reference != self.settings.last_model:
             self._save_settings(dataclasses.replace(self.settings, last_model=reference))
+
+    def family_of(self, reference: str) -> ModelFamily | None:
+        """The model's family: the user's word where given (Turbo or not), else as found."""
+        told = self.settings.model_families.get(reference)
+        if told in {f.value for f in ModelFamily}:
+            return ModelFamily(told)
+        return self.runtime.catalog.family_of(reference)
+
+    def set_turbo(self, reference: str, turbo: bool) -> None:
+        """The user says whether an SD3.5 Large model is Turbo: remembered, and its defaults
+        (4 steps without guidance, or 28 with 3.5) go into the form."""
+        family = ModelFamily.sd35_large_turbo if turbo else ModelFamily.sd35_large
+        if self.family_of(reference) is family:
+            return
+        told = {**self.settings.model_families, reference: family.value}
+        self._save_settings(dataclasses.replace(self.settings, model_families=told))
+        self._family = family
+        self.defaults_suggested.emit(defaults_for(family))
+        self.family_changed.emit(family)
 
     def _offer(self, reference: str) -> None:
         """A model picked outside the catalog (`--model`, a file from the Models dialog) joins
@@ -160,8 +179,8 @@ class Session(QObject):
         with self.restoring():  # keeping (or restoring) the pick is not a new pick: no defaults
             self.models_listed.emit(entries, current)
         if self._family is None:  # the restored form's model: switching within it keeps values
-            self._family = self.runtime.catalog.family_of(self._picked)
-        self.family_changed.emit(self.runtime.catalog.family_of(self._picked))
+            self._family = self.family_of(self._picked)
+        self.family_changed.emit(self.family_of(self._picked))
         if first and self._picked:
             # Only now: the model search and the engine's torch import both import many modules,
             # and run together they stalled the GUI thread for ~200 ms (bench/gui_latency.py).

@@ -207,3 +207,22 @@ def test_the_gallery_badges_and_filters_images_by_how_they_were_made(qtbot, tmp_
         "Inpainted": 1,
         "Hires fix": 1,
     }
+
+
+def test_turbo_is_found_by_name_and_the_user_can_say_otherwise(open_window, qtbot, tmp_path):
+    from sd3desk.core.params import ModelFamily
+    from sd3desk.core.settings import load_settings
+    from tests.unit.test_model_sizing import sd35_large_transformer_only
+
+    large = sd35_large_transformer_only(tmp_path / "my-large-finetune.safetensors")
+    window = open_window("--data-dir", str(tmp_path / "data"), "--model", str(large))
+    window.queue_panel.pause.trigger()
+    panel = window.prompt_panel
+    qtbot.waitUntil(lambda: panel.turbo.isVisibleTo(panel), timeout=10_000)
+    assert not panel.turbo.isChecked()
+    panel.turbo.click()  # it is a Turbo, whatever its name says
+    assert (panel.steps.value(), panel.guidance.value()) == (4, 0.0)
+    saved = load_settings(window.runtime.paths.settings_file)
+    assert saved.model_families == {str(large): ModelFamily.sd35_large_turbo.value}
+    panel.turbo.click()
+    assert (panel.steps.value(), panel.guidance.value()) == (28, 3.5)

@@ -129,3 +129,20 @@ def test_the_hugging_face_listing_follows_refs_main(tmp_path, tiny_model_dir, mo
     found, problems = discover_models()
     assert [s.path.name for s in found] == [new]
     assert problems == []
+
+
+def test_sd35_large_turbo_is_told_from_large_by_its_name(tmp_path):
+    """Turbo's weights are shaped like Large's: the file or repo name tells them apart, and
+    Turbo brings Stability's 4 steps with guidance off, on Large's configs and limits."""
+    from sd3desk.core.params import defaults_for
+    from sd3desk.inference.models import bundled_config_dir
+
+    turbo = resolve_model(
+        str(sd35_large_transformer_only(tmp_path / "sd3.5_large_turbo.safetensors"))
+    )
+    large = resolve_model(str(sd35_large_transformer_only(tmp_path / "sd3.5_large.safetensors")))
+    assert turbo.family is ModelFamily.sd35_large_turbo and large.family is ModelFamily.sd35_large
+    assert turbo.max_side == large.max_side and turbo.load_params() == large.load_params()
+    assert bundled_config_dir(turbo.family) == bundled_config_dir(large.family)
+    defaults = defaults_for(turbo.family)
+    assert (defaults.steps, defaults.guidance_scale, defaults.uses_cfg) == (4, 0.0, False)
