@@ -240,7 +240,7 @@ def _add_generation_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--batch", type=int, default=1, help="images per job, 1-16 (default 1)")
     gen.add_argument("--shift", type=float, help="scheduler shift, 0.1-20 (model default)")
     gen.add_argument("--t5-length", type=int, help="T5 max sequence length, 1-512 (default 256)")
-    pictures = gen.add_argument_group("starting from a picture")
+    pictures = gen.add_argument_group("from a picture, hires fix, skip-layer guidance")
     pictures.add_argument(
         "--image",
         type=Path,
