@@ -192,7 +192,7 @@ def test_the_same_seed_and_picture_give_the_same_pixels_in_two_processes(
     assert "Denoising strength: 0.75" in text and "Mask blur: 4" in text
 
 
-def test_a_queued_img2img_job_runs_from_the_stored_picture_after_the_file_is_gone(
+def test_a_queued_img2img_job_runs_from_the_stored_picture_after_a_crash(
     tmp_path, picture, tiny_model_dir
 ):
     photo = tmp_path / "photo.jpg"
@@ -219,7 +219,12 @@ def test_a_queued_img2img_job_runs_from_the_stored_picture_after_the_file_is_gon
     )
     assert added.returncode == 0, added.stderr
     photo.unlink()  # the user moved it away: the job has its own copy
-    ran = sd3desk(data, "queue", "run", "--device", "cpu", "--out", str(tmp_path / "out"))
+    out = ("--out", str(tmp_path / "out"))
+    crashed = sd3desk(
+        data, "queue", "run", "--device", "cpu", *out, env={"SD3DESK_KILL_AT": "model-load:1"}
+    )
+    assert crashed.returncode == -9, crashed.stderr  # killed while loading: the job waits
+    ran = sd3desk(data, "queue", "run", "--device", "cpu", *out)
     assert ran.returncode == 0, ran.stderr
     (made,) = (tmp_path / "out").rglob("*.png")
     record = json.loads(Image.open(made).text["sd3desk"])
