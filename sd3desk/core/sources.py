@@ -95,18 +95,23 @@ class SourceStore:
 
     def check(self, params: GenerationParams) -> None:
         """The pictures `params` names are here, readable, and the mask fits the source."""
+        self.pictures(params)
+
+    def pictures(self, params: GenerationParams) -> tuple[Image.Image | None, Image.Image | None]:
+        """The source picture and mask `params` names, decoded (None where it names none);
+        InvalidParamsError naming every field whose picture is gone, damaged or, for the
+        mask, not the source's size."""
         errors: list[FieldError] = []
-        source = mask = None
+        found: dict[str, Image.Image] = {}
         for field in ("source_image", "mask_image"):
             digest = getattr(params, field)
             if not digest:
                 continue
             try:
-                found = self.open(digest, field)
+                found[field] = self.open(digest, field)
             except InvalidParamsError as exc:
                 errors += exc.errors
-                continue
-            source, mask = (found, mask) if field == "source_image" else (source, found)
+        source, mask = found.get("source_image"), found.get("mask_image")
         if source is not None and mask is not None and mask.size != source.size:
             errors.append(
                 FieldError(
@@ -117,6 +122,7 @@ class SourceStore:
             )
         if errors:
             raise InvalidParamsError(errors)
+        return source, mask
 
 
 def _refused(field: str, reason: str) -> InvalidParamsError:

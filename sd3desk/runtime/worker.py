@@ -328,10 +328,7 @@ class Worker(QObject):
             return None, None
         from sd3desk.core.sources import SourceStore
 
-        store = SourceStore(self.config.sources_dir)
-        store.check(params)
-        mask = store.open(params.mask_image, "mask_image") if params.mask_image else None
-        return store.open(params.source_image), mask
+        return SourceStore(self.config.sources_dir).pictures(params)
 
     def _save(self, assignment: Assignment, result: Any) -> tuple[str, ...]:
         """Each image atomically, with its parameters and its job inside, as planned (an image

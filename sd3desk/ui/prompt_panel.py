@@ -387,7 +387,7 @@ class PromptPanel(QWidget):
     def _update_picture_rows(self) -> None:
         has = bool(self.well.digest)
         self._picture_box.setVisible(has)
-        self._mask_box.setVisible(has and self.well._masked)
+        self._mask_box.setVisible(has and self.well.masked)
 
     def set_size(self, width: int, height: int) -> None:
         for spin, value in ((self.width_spin, width), (self.height_spin, height)):

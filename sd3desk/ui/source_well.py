@@ -94,6 +94,10 @@ class SourceWell(QFrame):
         self._size = (width, height)
         self._render()
 
+    @property
+    def masked(self) -> bool:
+        return self._masked
+
     def set_masked(self, masked: bool) -> None:
         self._masked = masked
         self._render()
