@@ -24,6 +24,7 @@ from sd3desk.core.errors import (
     SD3DeskError,
 )
 from sd3desk.core.jobs import JobState
+from sd3desk.core.loras import LORA_MAX, WEIGHT_MAX, WEIGHT_MIN, LoraRef
 from sd3desk.core.params import (
     ASPECT_MAX,
     SEED_MAX,
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first seed of each prompt (default: one derived from the prompt's text)",
     )
     batch.add_argument("--wildcards", type=Path, help="folder of NAME.txt files for __NAME__")
+    _add_lora_arg(batch)
     batch.add_argument("--dry-run", action="store_true", help="print the jobs; make nothing")
     batch.add_argument("--strict", action="store_true", help="a bad line stops the batch")
     _add_engine_args(batch)
@@ -275,6 +277,18 @@ def _add_generation_args(gen: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SCALE",
         help="skip-layer guidance scale, 0-10 (SD3.5 Medium: 2.8 by default; 0 turns it off)",
+    )
+    _add_lora_arg(gen)
+
+
+def _add_lora_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lora",
+        action="append",
+        metavar="FILE[:WEIGHT]",
+        help="apply a LoRA (.safetensors: kohya/Civitai, ComfyUI or diffusers layout; or the "
+        f"name of one in your LoRA folders) with a weight from {WEIGHT_MIN:g} to "
+        f"{WEIGHT_MAX:g} (default 1); repeat for several, up to {LORA_MAX}",
     )
 
 
@@ -439,6 +453,35 @@ def _size_fields(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _lora_refs(specs: list[str] | None, paths: AppPaths) -> tuple[LoraRef, ...]:
+    """--lora FILE[:WEIGHT] as the references a job carries: a file anywhere (hashed once,
+    then found again by its hash), or the name of one in the LoRA folders. A LoRA for another
+    architecture is refused here, before anything is queued."""
+    if not specs:
+        return ()
+    from sd3desk.core.errors import LoraError
+    from sd3desk.core.loras import LoraKind, LoraLibrary, inspect_lora, parse_lora_spec
+    from sd3desk.core.settings import lora_dirs
+
+    library = LoraLibrary(lora_dirs(paths, load_settings(paths.settings_file)), paths.hash_cache)
+    refs = []
+    for spec in specs:
+        target, weight = parse_lora_spec(spec)
+        path = Path(target).expanduser()
+        if not path.exists():  # a name in the LoRA folders
+            name = path.name.removesuffix(".safetensors")
+            path = library.find(LoraRef(name, "", weight))
+        info = inspect_lora(path)
+        if info.kind is not LoraKind.sd3:
+            raise LoraError(
+                f"{path.name} is a LoRA for {info.kind.value}, not for SD3",
+                "use a LoRA made for SD3 / SD3.5 (on Civitai: base model SD 3 or SD 3.5)",
+                path=str(path),
+            )
+        refs.append(library.ref(path.resolve(), weight))
+    return tuple(refs)
+
+
 def _model_reference(model: str) -> str:
     """What goes into each image's parameters for --model: a local path made absolute, so a
     re-run from elsewhere finds the same file; a repo id or "test" as given."""
@@ -453,7 +496,7 @@ def _jobs_from_args(args: argparse.Namespace, paths: AppPaths) -> list[Generatio
     from sd3desk.inference.models import resolve_model
 
     # 1. what was given, against the app's own ranges, before touching any model
-    explicit = _explicit_params(args)
+    explicit = _explicit_params(args) | {"loras": _lora_refs(args.lora, paths)}
     if not 1 <= args.count <= 10_000:
         raise InvalidParamsError([FieldError("count", "must be between 1 and 10000")])
     # (a placeholder picture, so that the fields of starting from one are checked now)
@@ -524,7 +567,11 @@ def _batch(args: argparse.Namespace, paths: AppPaths) -> int:
     from sd3desk.inference.models import resolve_model
 
     # 1. the command line's settings, then the file's jobs, every one validated
-    singles: dict[str, Any] = {"negative_prompt": args.negative, **_size_fields(args)}
+    singles: dict[str, Any] = {
+        "negative_prompt": args.negative,
+        "loras": _lora_refs(args.lora, paths),
+        **_size_fields(args),
+    }
     grid: dict[str, list[Any]] = {}
     for name, values in (("steps", args.steps), ("guidance_scale", args.guidance)):
         if values and len(values) == 1:

@@ -24,6 +24,7 @@ def _isolated_hub_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.delenv("SD3DESK_MODEL_DIRS", raising=False)
+    monkeypatch.delenv("SD3DESK_LORA_DIRS", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,11 @@ class RefusedFormatError(ModelError):
     weights the loaders would read wrong (fp8 "scaled")."""
 
 
+class LoraError(ModelError):
+    """A LoRA cannot be used: not found, for another model, or in a form not read here. The
+    job fails; the model stays loaded."""
+
+
 class OutOfMemoryError(SD3DeskError):
     """The device ran out of memory; memory has been freed and the advice names lighter options."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,3 +64,23 @@ def open_regular(path: Path | str) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def walk(folder: Path, suffixes: tuple[str, ...], depth: int = 64) -> Iterator[os.DirEntry]:
+    """Regular files below `folder` whose names end in one of `suffixes` (lower case), at most
+    `depth` folders down; hidden entries (temporary files) and linked folders are skipped."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if depth > 0:
+                    yield from walk(Path(entry.path), suffixes, depth - 1)
+            elif entry.name.lower().endswith(suffixes) and entry.is_file():
+                yield entry  # (a FIFO, socket or device with such a name is never opened)
+        except OSError:
+            continue

@@ -22,7 +22,7 @@ from typing import Any
 
 from sd3desk.core.atomic import atomic_write_bytes
 from sd3desk.core.errors import MetadataError
-from sd3desk.core.files import check_regular, open_regular
+from sd3desk.core.files import check_regular, open_regular, walk
 from sd3desk.core.metadata import read_metadata
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.store import Store
@@ -88,20 +88,7 @@ class ScanResult:
 
 def _iter_images(folder: Path) -> Iterator[os.DirEntry]:
     """Image files below `folder` (day folders and any others), skipping hidden temp files."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                yield from _iter_images(Path(entry.path))
-            elif entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file():
-                yield entry  # (a FIFO, socket or device named .png is never opened)
-        except OSError:
-            continue
+    return walk(folder, IMAGE_SUFFIXES)
 
 
 # The gallery's "made by" filter: SQL over the parameters the index keeps (a field is in the

@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Any
 
 from sd3desk.core.errors import FieldError, InvalidParamsError
+from sd3desk.core.loras import LoraRef, lora_errors, loras_from_list
 
 SEED_MAX = 2**32 - 1
 # What a file may say a seed was (ComfyUI's seeds run to 2**64 - 1); sd3desk makes 0..SEED_MAX
@@ -177,6 +178,8 @@ class GenerationParams:
     hires_steps: int = 0  # steps of the hires pass; 0 means the same as `steps`
     hires_strength: float = 0.5
     slg_scale: float = 0.0  # skip-layer guidance (SD3.5 Medium); 0 is off
+    # LoRAs applied with their weights, each named by the SHA-256 of its tensors (core/loras.py)
+    loras: tuple[LoraRef, ...] = ()
 
     @property
     def mode(self) -> str:
@@ -222,11 +225,14 @@ class GenerationParams:
         return self.replace(seed=(self.seed + index) % (SEED_MAX + 1), batch_size=1)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field a request uses: those of starting from a picture, inpainting, hires
-        and skip-layer guidance only when it uses them (a text-to-image request reads as it
+        """Every field a request uses: those of starting from a picture, inpainting, hires,
+        skip-layer guidance and LoRAs only when it uses them (a text-to-image request reads as it
         always did, and hashes the same)."""
         data = dataclasses.asdict(self)
+        data["loras"] = [ref.to_dict() for ref in self.loras]
         unused = [] if self.slg_scale else ["slg_scale"]
+        if not self.loras:
+            unused.append("loras")
         if not self.hires:
             unused += ["hires_scale", "hires_steps", "hires_strength"]
         if not self.mask_image:
@@ -312,6 +318,11 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise TypeError(key)
         return value
+    if key == "loras":
+        try:
+            return loras_from_list(value)
+        except ValueError as exc:
+            raise _OutOfRange(exc.args[0]) from None
     raise KeyError(key)
 
 
@@ -421,6 +432,7 @@ def validate(params: GenerationParams, max_side: int | None = None) -> list[Fiel
     if not isinstance(params.model, str):
         errors.append(FieldError("model", "must be a path or a Hugging Face repo id"))
     errors += _picture_errors(params, top)
+    errors += lora_errors(params.loras)
     return errors
 
 

@@ -95,6 +95,11 @@ class AppPaths:
         return self.data / "sources"
 
     @property
+    def loras(self) -> Path:
+        """The LoRA folder sd3desk offers first (others are added in Settings)."""
+        return self.data / "loras"
+
+    @property
     def log_file(self) -> Path:
         """The rotating log (what "copy diagnostics" quotes)."""
         return self.logs / "sd3desk.log"
@@ -108,10 +113,17 @@ class AppPaths:
         return test_model_dir(self.cache)
 
 
-def env_model_dirs() -> list[Path]:
-    """Extra model folders from SD3DESK_MODEL_DIRS (os.pathsep-separated)."""
-    value = os.environ.get("SD3DESK_MODEL_DIRS", "")
+def env_model_dirs(name: str = "SD3DESK_MODEL_DIRS") -> list[Path]:
+    """Extra model folders from SD3DESK_MODEL_DIRS (or LoRA folders from SD3DESK_LORA_DIRS;
+    os.pathsep-separated)."""
+    value = os.environ.get(name, "")
     return [Path(p) for p in value.split(os.pathsep) if p]
+
+
+def lora_dirs(paths: AppPaths, settings: Settings) -> tuple[Path, ...]:
+    """Where LoRAs are looked for: the data folder's, the user's, then SD3DESK_LORA_DIRS."""
+    found = [paths.loras, *(Path(d) for d in settings.lora_dirs)]
+    return tuple(dict.fromkeys([*found, *env_model_dirs("SD3DESK_LORA_DIRS")]))
 
 
 # Inside a cache folder (AppPaths.cache, or one the engine is given): the same names everywhere.
@@ -133,6 +145,7 @@ class Settings:
     output_dir: str = ""  # "" means AppPaths.outputs
     model_dirs: tuple[str, ...] = ()
     gallery_dirs: tuple[str, ...] = ()  # shown in the gallery besides the output folder
+    lora_dirs: tuple[str, ...] = ()  # LoRA folders besides the data folder's own
     # the user's word on a model's family where its name misleads (Turbo or not), by reference
     model_families: dict[str, str] = field(default_factory=dict)
     device: Device = Device.auto
@@ -155,6 +168,7 @@ class Settings:
             "output_dir": self.output_dir,
             "model_dirs": list(self.model_dirs),
             "gallery_dirs": list(self.gallery_dirs),
+            "lora_dirs": list(self.lora_dirs),
             "model_families": dict(self.model_families),
             "device": self.device.value,
             "memory_plan": self.memory_plan.value,
@@ -206,7 +220,7 @@ def _parse_setting(key: str, value: Any) -> Any:
         ):
             raise TypeError(key)
         return dict(value)
-    if key in ("model_dirs", "gallery_dirs"):
+    if key in ("model_dirs", "gallery_dirs", "lora_dirs"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise TypeError(key)
         return tuple(value)

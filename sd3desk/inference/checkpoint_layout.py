@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -88,38 +90,29 @@ def _block_count(state: dict[str, torch.Tensor], prefix: str) -> int:
     return len(indices)
 
 
-def _mmdit_entries(transformer: nn.Module) -> dict[str, torch.Tensor]:
-    src = _Source(transformer, "transformer")
-    out: dict[str, torch.Tensor] = {}
+@dataclass(frozen=True)
+class ModuleMap:
+    """One weight-bearing MMDiT module in Stability's layout and the diffusers module(s) it is."""
 
-    def copy(dst: str, key: str) -> None:
-        out[dst] = _own(src.take(key))
+    original: str  # e.g. "joint_blocks.0.x_block.attn.qkv"
+    diffusers: tuple[str, ...]  # one module, or q, k, v: the fused output split in equal thirds
+    swapped: bool = False  # the output's two halves swapped: diffusers reads (scale, shift)
 
-    def copy_linear(dst: str, key: str) -> None:
-        copy(f"{dst}.weight", f"{key}.weight")
-        copy(f"{dst}.bias", f"{key}.bias")
 
-    def fuse_qkv(dst: str, keys: tuple[str, str, str]) -> None:
-        # The original attention uses one fused qkv projection; the loader chunks it in 3 on dim 0.
-        for param in ("weight", "bias"):
-            out[f"{dst}.{param}"] = _concat([src.take(f"{k}.{param}") for k in keys])
-
-    def swapped_linear(dst: str, key: str) -> None:
-        for param in ("weight", "bias"):
-            out[f"{dst}.{param}"] = _swap_halves(src.take(f"{key}.{param}"))
-
-    copy("pos_embed", "pos_embed.pos_embed")
-    copy_linear("x_embedder.proj", "pos_embed.proj")
-    copy_linear("t_embedder.mlp.0", "time_text_embed.timestep_embedder.linear_1")
-    copy_linear("t_embedder.mlp.2", "time_text_embed.timestep_embedder.linear_2")
-    copy_linear("y_embedder.mlp.0", "time_text_embed.text_embedder.linear_1")
-    copy_linear("y_embedder.mlp.2", "time_text_embed.text_embedder.linear_2")
-    copy_linear("context_embedder", "context_embedder")
-
-    num_layers = _block_count(src.state, "transformer_blocks.")
-    # The loader decides "has qk-norm" once for the whole file (any ``ln_q``) and then expects
-    # it in every block, so decide it the same way here.
-    has_qk_norm = src.has("transformer_blocks.0.attn.norm_q.weight")
+def mmdit_modules(num_layers: int, attn2_blocks: Iterable[int] = ()) -> list[ModuleMap]:
+    """Every linear (and the patch-embedding convolution) of an MMDiT with `num_layers` joint
+    blocks, the blocks in `attn2_blocks` having SD3.5 Medium's second attention: how the
+    single-file layout and diffusers' SD3Transformer2DModel name them (diffusers'
+    convert_sd3_transformer_checkpoint_to_diffusers, read backwards)."""
+    maps = [
+        ModuleMap("x_embedder.proj", ("pos_embed.proj",)),
+        ModuleMap("t_embedder.mlp.0", ("time_text_embed.timestep_embedder.linear_1",)),
+        ModuleMap("t_embedder.mlp.2", ("time_text_embed.timestep_embedder.linear_2",)),
+        ModuleMap("y_embedder.mlp.0", ("time_text_embed.text_embedder.linear_1",)),
+        ModuleMap("y_embedder.mlp.2", ("time_text_embed.text_embedder.linear_2",)),
+        ModuleMap("context_embedder", ("context_embedder",)),
+    ]
+    attn2 = set(attn2_blocks)
     for i in range(num_layers):
         d = f"transformer_blocks.{i}"
         x = f"joint_blocks.{i}.x_block"
@@ -127,45 +120,79 @@ def _mmdit_entries(transformer: nn.Module) -> dict[str, torch.Tensor]:
         # The last block's context stream is "pre-only": no output projection, no MLP, and a
         # 2-way (shift, scale) modulation that diffusers stores swapped.
         last = i == num_layers - 1
+        maps += [
+            ModuleMap(f"{x}.attn.qkv", (f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v")),
+            ModuleMap(
+                f"{c}.attn.qkv",
+                (f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"),
+            ),
+            ModuleMap(f"{x}.attn.proj", (f"{d}.attn.to_out.0",)),
+        ]
+        if not last:
+            maps.append(ModuleMap(f"{c}.attn.proj", (f"{d}.attn.to_add_out",)))
+        # SD3.5 Medium (MMDiT-X) adds a second, image-only self-attention to some blocks
+        if i in attn2:
+            maps += [
+                ModuleMap(
+                    f"{x}.attn2.qkv", (f"{d}.attn2.to_q", f"{d}.attn2.to_k", f"{d}.attn2.to_v")
+                ),
+                ModuleMap(f"{x}.attn2.proj", (f"{d}.attn2.to_out.0",)),
+            ]
+        maps += [
+            ModuleMap(f"{x}.adaLN_modulation.1", (f"{d}.norm1.linear",)),
+            ModuleMap(f"{c}.adaLN_modulation.1", (f"{d}.norm1_context.linear",), swapped=last),
+            ModuleMap(f"{x}.mlp.fc1", (f"{d}.ff.net.0.proj",)),
+            ModuleMap(f"{x}.mlp.fc2", (f"{d}.ff.net.2",)),
+        ]
+        if not last:
+            maps += [
+                ModuleMap(f"{c}.mlp.fc1", (f"{d}.ff_context.net.0.proj",)),
+                ModuleMap(f"{c}.mlp.fc2", (f"{d}.ff_context.net.2",)),
+            ]
+    maps += [
+        ModuleMap("final_layer.linear", ("proj_out",)),
+        ModuleMap("final_layer.adaLN_modulation.1", ("norm_out.linear",), swapped=True),
+    ]
+    return maps
 
-        fuse_qkv(f"{x}.attn.qkv", (f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"))
-        fuse_qkv(
-            f"{c}.attn.qkv",
-            (f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"),
-        )
-        if has_qk_norm:
+
+def transformer_modules(transformer: Any) -> list[ModuleMap]:
+    """`mmdit_modules` of a loaded SD3Transformer2DModel."""
+    config = transformer.config
+    attn2 = getattr(config, "dual_attention_layers", None) or ()
+    return mmdit_modules(int(config.num_layers), attn2)
+
+
+def _mmdit_entries(transformer: nn.Module) -> dict[str, torch.Tensor]:
+    src = _Source(transformer, "transformer")
+    out: dict[str, torch.Tensor] = {}
+
+    def copy(dst: str, key: str) -> None:
+        out[dst] = _own(src.take(key))
+
+    copy("pos_embed", "pos_embed.pos_embed")
+    num_layers = _block_count(src.state, "transformer_blocks.")
+    attn2 = [i for i in range(num_layers) if src.has(f"transformer_blocks.{i}.attn2.to_q.weight")]
+    for module in mmdit_modules(num_layers, attn2):
+        for param in ("weight", "bias"):
+            found = [src.take(f"{name}.{param}") for name in module.diffusers]
+            # the original attention uses one fused qkv projection; the loader chunks it in 3
+            tensor = _concat(found) if len(found) == 3 else _own(found[0])
+            out[f"{module.original}.{param}"] = _swap_halves(tensor) if module.swapped else tensor
+    # The loader decides "has qk-norm" once for the whole file (any ``ln_q``) and then expects
+    # it in every block, so decide it the same way here.
+    if src.has("transformer_blocks.0.attn.norm_q.weight"):
+        for i in range(num_layers):
+            d = f"transformer_blocks.{i}"
+            x = f"joint_blocks.{i}.x_block"
+            c = f"joint_blocks.{i}.context_block"
             copy(f"{x}.attn.ln_q.weight", f"{d}.attn.norm_q.weight")
             copy(f"{x}.attn.ln_k.weight", f"{d}.attn.norm_k.weight")
             copy(f"{c}.attn.ln_q.weight", f"{d}.attn.norm_added_q.weight")
             copy(f"{c}.attn.ln_k.weight", f"{d}.attn.norm_added_k.weight")
-        copy_linear(f"{x}.attn.proj", f"{d}.attn.to_out.0")
-        if not last:
-            copy_linear(f"{c}.attn.proj", f"{d}.attn.to_add_out")
-
-        # SD3.5 Medium (MMDiT-X) adds a second, image-only self-attention to some blocks; the
-        # loader finds those blocks by the presence of ``attn2.`` keys.
-        if src.has(f"{d}.attn2.to_q.weight"):
-            fuse_qkv(f"{x}.attn2.qkv", (f"{d}.attn2.to_q", f"{d}.attn2.to_k", f"{d}.attn2.to_v"))
-            if has_qk_norm:
+            if i in attn2:
                 copy(f"{x}.attn2.ln_q.weight", f"{d}.attn2.norm_q.weight")
                 copy(f"{x}.attn2.ln_k.weight", f"{d}.attn2.norm_k.weight")
-            copy_linear(f"{x}.attn2.proj", f"{d}.attn2.to_out.0")
-
-        copy_linear(f"{x}.adaLN_modulation.1", f"{d}.norm1.linear")
-        if last:
-            swapped_linear(f"{c}.adaLN_modulation.1", f"{d}.norm1_context.linear")
-        else:
-            copy_linear(f"{c}.adaLN_modulation.1", f"{d}.norm1_context.linear")
-
-        copy_linear(f"{x}.mlp.fc1", f"{d}.ff.net.0.proj")
-        copy_linear(f"{x}.mlp.fc2", f"{d}.ff.net.2")
-        if not last:
-            copy_linear(f"{c}.mlp.fc1", f"{d}.ff_context.net.0.proj")
-            copy_linear(f"{c}.mlp.fc2", f"{d}.ff_context.net.2")
-
-    copy_linear("final_layer.linear", "proj_out")
-    swapped_linear("final_layer.adaLN_modulation.1", "norm_out.linear")
-
     src.check_all_mapped()
     return {MMDIT_PREFIX + key: value for key, value in out.items()}
 

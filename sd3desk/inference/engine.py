@@ -20,6 +20,7 @@ from sd3desk.core.errors import (
     OutOfMemoryError,
     SD3DeskError,
 )
+from sd3desk.core.loras import LoraRef
 from sd3desk.core.metadata import ModelIdentity
 from sd3desk.core.modelhash import model_hash
 from sd3desk.core.params import (
@@ -48,6 +49,7 @@ from sd3desk.inference.devices import (
     resolve_plan,
 )
 from sd3desk.inference.loading import LoadStage
+from sd3desk.inference.lora import LoraSet
 from sd3desk.inference.models import ModelSource
 from sd3desk.inference.preview import PreviewQueue, latents_to_rgb, predicted_x0
 
@@ -98,6 +100,7 @@ class GenerationResult:
     model: ModelIdentity
     timings: dict[str, float]
     prompt_cache_hit: bool
+    notices: tuple[str, ...] = ()  # what the user should know about this run
 
 
 class Engine:
@@ -126,6 +129,7 @@ class Engine:
         self._device: DeviceInfo | None = None
         self._pipe: Any = None
         self._picture_pipes: dict[str, Any] = {}  # img2img, inpaint: from_pipe of _pipe
+        self._loras: LoraSet | None = None  # the LoRAs loaded into _pipe
         self._loaded: LoadedModel | None = None
 
     @property
@@ -215,6 +219,7 @@ class Engine:
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
         self._picture_pipes.clear()
+        self._loras = LoraSet(pipe)
         self._loaded = LoadedModel(source, identity, self.device(), plan, tuple(notices))
         return self._loaded
 
@@ -224,6 +229,7 @@ class Engine:
             return
         self._pipe = None
         self._picture_pipes.clear()
+        self._loras = None
         self._loaded = None
         self._prompt_cache.clear()
         free_memory(self._device)
@@ -251,6 +257,7 @@ class Engine:
             params.negative_prompt if cfg else None,
             params.max_sequence_length,
             self._loaded.plan.use_t5,
+            self._loras.text_key(params.loras) if self._loras else (),
         )
         cached = self._prompt_cache.get(key)
         if cached is not None:
@@ -283,10 +290,12 @@ class Engine:
         *,
         source: Image.Image | None = None,
         mask: Image.Image | None = None,
+        loras: Sequence[tuple[LoraRef, Path]] = (),
     ) -> GenerationResult:
         """Run one request: from noise, or from `source` (img2img) and `mask` (inpainting),
-        the pictures `params.source_image` and `params.mask_image` name. Raises
-        InvalidParamsError, GenerationCancelled or OutOfMemoryError."""
+        the pictures `params.source_image` and `params.mask_image` name, with the files of
+        `params.loras` in `loras`. Raises InvalidParamsError, LoraError, GenerationCancelled
+        or OutOfMemoryError."""
         import torch
 
         pipe = self._require_pipe()
@@ -298,31 +307,37 @@ class Engine:
         for field, given in (("source_image", source), ("mask_image", mask)):
             if getattr(params, field) and given is None:
                 raise InvalidParamsError([FieldError(field, "the picture was not given")])
+        if tuple(ref for ref, _ in loras) != params.loras:
+            raise InvalidParamsError([FieldError("loras", "the LoRA files were not given")])
         _raise_if_cancelled(cancel, 0)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         steps = _Steps(on_step, cancel, total_steps(params))
         try:
+            # 2. the request's LoRAs on the model (loaded once, then switched by weight)
+            assert self._loras is not None
+            notices = self._loras.apply(loras)
+            timings["lora_s"] = time.perf_counter() - started
             with torch.inference_mode():
-                # 2. encode the prompt (cached: a new seed skips all three text encoders)
+                # 3. encode the prompt (cached: a new seed skips all three text encoders)
                 embeds, hit = self._encode(params)
                 timings["encode_s"] = time.perf_counter() - started
                 _raise_if_cancelled(cancel, 0)
                 denoise_start = time.perf_counter()
                 if source is None:
-                    # 3. initial noise from a CPU generator per image: the same on every device
+                    # 4. initial noise from a CPU generator per image: the same on every device
                     latents = _initial_latents(params, pipe)
-                    # 4. denoise, reporting every step and honouring cancel within one step
+                    # 5. denoise, reporting every step and honouring cancel within one step
                     latents = self._denoise(params, embeds, latents, steps)
                     timings["denoise_s"] = time.perf_counter() - denoise_start
-                    # 5. decode one image at a time (bounded memory; batch image k == single run)
+                    # 6. decode one image at a time (bounded memory; batch image k == single run)
                     decode_start = time.perf_counter()
                     images = []
                     for k in range(params.batch_size):
                         _raise_if_cancelled(cancel, steps.done)
                         images.append(_decode(pipe, latents[k : k + 1], params))
                     timings["decode_s"] = time.perf_counter() - decode_start
-                    if params.hires:  # 6. upscale each, and img2img over it at the new size
+                    if params.hires:  # 7. upscale each, and img2img over it at the new size
                         hires_start = time.perf_counter()
                         images = [
                             self._hires(params.for_image(k), embeds, image, steps)
@@ -330,7 +345,7 @@ class Engine:
                         ]
                         timings["hires_s"] = time.perf_counter() - hires_start
                 else:
-                    # 3-5. from the picture, fitted to the request's size, as the user saw it
+                    # 4-6. from the picture, fitted to the request's size, as the user saw it
                     images = self._from_picture(params, embeds, source, mask, steps)
                     timings["denoise_s"] = time.perf_counter() - denoise_start
         except (GenerationCancelled, SD3DeskError):
@@ -348,7 +363,9 @@ class Engine:
             raise
         timings["total_s"] = time.perf_counter() - started
         per_image = [params.for_image(k) for k in range(params.batch_size)]
-        return GenerationResult(images, per_image, self._loaded.identity, timings, hit)
+        return GenerationResult(
+            images, per_image, self._loaded.identity, timings, hit, tuple(notices)
+        )
 
     def _denoise(self, params: GenerationParams, embeds: tuple, latents: Any, steps: _Steps) -> Any:
         """The text-to-image pass (with skip-layer guidance when asked), to latents."""

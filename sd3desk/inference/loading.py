@@ -10,6 +10,7 @@ from typing import Any
 from sd3desk.core.errors import ModelError, RefusedFormatError
 from sd3desk.core.params import ModelFamily
 from sd3desk.core.settings import test_model_dir
+from sd3desk.core.weights_header import read_safetensors_header
 from sd3desk.inference import testmodel
 from sd3desk.inference.checkpoint_layout import T5_PREFIX
 from sd3desk.inference.devices import t5_tokenizer_class, torch_dtype
@@ -19,7 +20,6 @@ from sd3desk.inference.models import (
     ModelSource,
     bundled_clip_tokenizer_dir,
     bundled_config_dir,
-    read_safetensors_header,
     source_from_path,
 )
 

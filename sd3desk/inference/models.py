@@ -25,6 +25,7 @@ from sd3desk.core.params import (
     architecture,
     turbo_or,
 )
+from sd3desk.core.weights_header import read_safetensors_header
 from sd3desk.inference.checkpoint_layout import MMDIT_PREFIX
 from sd3desk.inference.testmodel import GGUF_TEST_KEY, HEADER_KEY, MARKER_FILE
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 TEST_MODEL_REFS = ("test", "sd3desk-test")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 TEXT_PARTS = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -138,37 +138,6 @@ def bundled_config_dir(family: ModelFamily) -> Path:
 def bundled_clip_tokenizer_dir() -> Path:
     """CLIP's BPE vocabulary, shipped with its licence (see resources/tokenizers/clip)."""
     return Path(str(resources.files("sd3desk") / "resources" / "tokenizers" / "clip"))
-
-
-# ------------------------------------------------------------------ safetensors headers
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a .safetensors file (tensor names, dtypes, shapes), no tensor data."""
-    try:
-        with open_regular(path) as handle:
-            raw_length = handle.read(8)
-            length = int.from_bytes(raw_length, "little") if len(raw_length) == 8 else 0
-            if not 2 <= length <= MAX_HEADER_BYTES:
-                raise ModelError(
-                    f"{path.name} is not a valid .safetensors file (bad header length)",
-                    "the download may be incomplete; download the file again",
-                    path=str(path),
-                )
-            header = json.loads(handle.read(length))
-    except NotRegularFileError as exc:
-        raise ModelError(f"{exc.strerror}, not a weights file", path=str(path)) from exc
-    except OSError as exc:
-        raise ModelError(f"cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
-    except (ValueError, RecursionError) as exc:
-        raise ModelError(
-            f"{path.name} is damaged: its header is not valid JSON",
-            "download the file again",
-            path=str(path),
-        ) from exc
-    if not isinstance(header, dict):
-        raise ModelError(f"{path.name} is damaged: its header is not a table", path=str(path))
-    return header
 
 
 def _numel(entry: Any) -> int:

@@ -17,9 +17,10 @@ from sd3desk.core.atomic import sweep_temp_files
 from sd3desk.core.errors import SD3DeskError
 from sd3desk.core.gallery import GalleryIndex
 from sd3desk.core.jobs import JobQueue, JobState, LoadCrash
+from sd3desk.core.loras import LoraLibrary
 from sd3desk.core.outputs import OutputPlan
 from sd3desk.core.owner import FolderLock
-from sd3desk.core.settings import AppPaths, Settings, env_model_dirs
+from sd3desk.core.settings import AppPaths, Settings, env_model_dirs, lora_dirs
 from sd3desk.core.sources import SourceStore
 from sd3desk.core.store import Store, unwritable_folder
 from sd3desk.runtime.background import Background
@@ -96,6 +97,7 @@ class Runtime:
         # 4. the gallery index: every finished image is in it at once, whichever door asked
         self.gallery = GalleryIndex(self.store, self.out_dir, settings.gallery_dirs)
         self.sources = SourceStore(paths.sources)  # the pictures jobs start from
+        self.loras = LoraLibrary(lora_dirs(paths, settings), paths.hash_cache)
         self._engine_factory = engine_factory
         self._background = Background()
         self.runner.job_changed.connect(self._on_runner_job_changed)
@@ -139,6 +141,7 @@ class Runtime:
             device_index=self.first_device + index,
             use_t5=s.use_t5,
             sources_dir=self.paths.sources,
+            lora_dirs=self.loras.folders,
         )
 
     # ------------------------------------------------------------------ life
@@ -188,7 +191,8 @@ class Runtime:
         workers apply at the next start."""
         old, self.settings = self.settings, settings
         self.gallery.extra = [Path(f) for f in settings.gallery_dirs]
-        engine_fields = ("device", "memory_plan", "use_t5", "model_dirs")
+        self.loras.folders = lora_dirs(self.paths, settings)
+        engine_fields = ("device", "memory_plan", "use_t5", "model_dirs", "lora_dirs")
         changed = any(getattr(old, f) != getattr(settings, f) for f in engine_fields)
         if changed:
             for worker in self.runner.workers:

@@ -20,6 +20,7 @@ from sd3desk.core import failpoints
 from sd3desk.core.errors import (
     GenerationCancelled,
     InvalidParamsError,
+    LoraError,
     ModelError,
     OutOfMemoryError,
     SD3DeskError,
@@ -27,7 +28,7 @@ from sd3desk.core.errors import (
 )
 from sd3desk.core.jobs import FailureKind, Job
 from sd3desk.core.metadata import JobRef
-from sd3desk.core.settings import Device, MemoryPlan, test_model_dir
+from sd3desk.core.settings import Device, MemoryPlan, hash_cache_file, test_model_dir
 from sd3desk.runtime.events import EngineState, EngineStatus, StepProgress
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class WorkerConfig:
     model_dirs: tuple[Path, ...] = ()
     device_index: int = 0  # which CUDA device, when several workers share the queue
     use_t5: bool = True
+    lora_dirs: tuple[Path, ...] = ()  # where the LoRAs jobs name are found (by hash)
 
 
 EngineFactory = Callable[[WorkerConfig], "Engine"]
@@ -279,7 +281,7 @@ class Worker(QObject):
         except Exception as exc:
             failure = _failure(job.id, exc)
             self.job_failed.emit(failure)
-            if isinstance(exc, ModelError):
+            if isinstance(exc, ModelError) and not isinstance(exc, LoraError):
                 self._state(EngineStatus.failed, exc.message, advice=failure.advice, job_id=job.id)
         finally:
             with self._lock:
@@ -313,11 +315,16 @@ class Worker(QObject):
 
         source, mask = self._pictures(job.params)
         result = engine.generate(
-            job.params, on_step=on_step, cancel=cancel, source=source, mask=mask
+            job.params,
+            on_step=on_step,
+            cancel=cancel,
+            source=source,
+            mask=mask,
+            loras=self._lora_files(job.params),
         )
         # 4. save each image atomically with its own parameters inside, under its planned name
         outputs = self._save(assignment, result)
-        self._ready()
+        self._ready(notices=result.notices)
         per_step = result.timings.get("denoise_s", 0.0) / max(job.params.steps, 1)
         return JobFinished(job.id, outputs, per_step, dict(result.timings))
 
@@ -329,6 +336,16 @@ class Worker(QObject):
         from sd3desk.core.sources import SourceStore
 
         return SourceStore(self.config.sources_dir).pictures(params)
+
+    def _lora_files(self, params: Any) -> list[tuple[Any, Path]]:
+        """The file of each LoRA a job names, found by its hash in the LoRA folders (or where
+        it was hashed before); a LoRA gone since fails the job and says which."""
+        if not params.loras:
+            return []
+        from sd3desk.core.loras import LoraLibrary
+
+        library = LoraLibrary(self.config.lora_dirs, hash_cache_file(self.config.cache_dir))
+        return [(ref, library.find(ref)) for ref in params.loras]
 
     def _save(self, assignment: Assignment, result: Any) -> tuple[str, ...]:
         """Each image atomically, with its parameters and its job inside, as planned (an image
@@ -415,6 +432,8 @@ def _failure(job_id: int, exc: Exception) -> JobFailed:
     """Words for the user; the traceback goes to the log only."""
     if isinstance(exc, OutOfMemoryError):
         return JobFailed(job_id, FailureKind.out_of_memory, exc.message, exc.advice)
+    if isinstance(exc, LoraError):  # the job's LoRA, not the model: it stays loaded
+        return JobFailed(job_id, FailureKind.invalid, exc.message, exc.advice)
     if isinstance(exc, ModelError):
         return JobFailed(job_id, FailureKind.model, exc.message, exc.advice)
     if isinstance(exc, StorageError):

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from sd3desk.core.errors import MetadataError
+from sd3desk.core.loras import lora_hashes_text, parse_lora_hashes, split_lora_tags
 from sd3desk.core.metadata.record import ImageMetadata, ModelIdentity, stated
 
 SAMPLER_NAME = "Euler"  # SD3's flow-matching Euler sampler, as A1111/Forge and Civitai name it
@@ -135,7 +136,9 @@ def _number_text(value: float) -> str:
 def a1111_text(meta: ImageMetadata) -> str:
     """The A1111-style "parameters" text that Civitai, Forge and most viewers read."""
     p = meta.params
-    lines = [p.prompt]
+    # LoRAs as A1111 writes them: their tags in the prompt, their hashes in "Lora hashes"
+    tags = " ".join(ref.tag() for ref in p.loras)
+    lines = [f"{p.prompt} {tags}" if p.prompt and tags else p.prompt or tags]
     if p.negative_prompt:
         lines.append(f"{NEGATIVE} {p.negative_prompt}")
     pairs = [
@@ -149,6 +152,8 @@ def a1111_text(meta: ImageMetadata) -> str:
         pairs.append(("Model hash", meta.model.hash))
     if meta.model.name:
         pairs.append(("Model", meta.model.name))
+    if p.loras:
+        pairs.append(("Lora hashes", lora_hashes_text(p.loras)))
     pairs += _picture_pairs(p)
     pairs += [
         ("Shift", _number_text(p.shift)),
@@ -205,8 +210,10 @@ _IGNORED = ("Version", "Template", "Negative Template")
 def parse_a1111(text: str) -> ImageMetadata:
     """A1111/Forge "parameters" text. Fields with no SD3 meaning here land in `unmapped`."""
     prompt, negative, pairs = split_text(text)
+    tagged = split_lora_tags(prompt)
     # (A1111 leaves the negative line out when it was empty: absent means empty here)
-    values: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+    values: dict[str, Any] = {"prompt": tagged.prompt, "negative_prompt": negative}
+    lora_hashes: dict[str, str] = {}
     model = {"name": "", "hash": ""}
     unmapped: list[tuple[str, str]] = []
     denoising: Any = None
@@ -230,15 +237,25 @@ def parse_a1111(text: str) -> ImageMetadata:
             inpaint_area = value.strip()
         elif key == "Hires upscaler" and value.strip().lower() == HIRES_UPSCALER.lower():
             continue
+        elif key == "Lora hashes":
+            lora_hashes = parse_lora_hashes(value)
+            tagged_names = {name for name, _ in tagged.loras}
+            if not lora_hashes or set(lora_hashes) - tagged_names:  # LoRAs the prompt lacks
+                unmapped.append((key, value))
         elif key not in _IGNORED:
             unmapped.append((key, value))
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = tagged.notes
+    if tagged.loras:  # (hashes resolve to files when the request is queued)
+        values["loras"] = [
+            {"name": name, "hash": lora_hashes.get(name, ""), "weight": weight}
+            for name, weight in tagged.loras
+        ]
     if "hires_scale" in values:
         if denoising is not None:
             values["hires_strength"] = denoising
     elif denoising is not None:  # img2img or inpainting: the settings, not the picture
         values["strength"] = denoising
-        notes = (SOURCE_NOT_STORED,)
+        notes += (SOURCE_NOT_STORED,)
     if inpaint_area != "Only masked":
         values.pop("mask_padding", None)  # (the padding is used only with "Only masked")
     return stated(
