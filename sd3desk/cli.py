@@ -459,8 +459,7 @@ def _lora_refs(specs: list[str] | None, paths: AppPaths) -> tuple[LoraRef, ...]:
     architecture is refused here, before anything is queued."""
     if not specs:
         return ()
-    from sd3desk.core.errors import LoraError
-    from sd3desk.core.loras import LoraKind, LoraLibrary, inspect_lora, parse_lora_spec
+    from sd3desk.core.loras import LoraLibrary, parse_lora_spec, require_sd3
     from sd3desk.core.settings import lora_dirs
 
     library = LoraLibrary(lora_dirs(paths, load_settings(paths.settings_file)), paths.hash_cache)
@@ -469,15 +468,8 @@ def _lora_refs(specs: list[str] | None, paths: AppPaths) -> tuple[LoraRef, ...]:
         target, weight = parse_lora_spec(spec)
         path = Path(target).expanduser()
         if not path.exists():  # a name in the LoRA folders
-            name = path.name.removesuffix(".safetensors")
-            path = library.find(LoraRef(name, "", weight))
-        info = inspect_lora(path)
-        if info.kind is not LoraKind.sd3:
-            raise LoraError(
-                f"{path.name} is a LoRA for {info.kind.value}, not for SD3",
-                "use a LoRA made for SD3 / SD3.5 (on Civitai: base model SD 3 or SD 3.5)",
-                path=str(path),
-            )
+            path = library.find(LoraRef(path.name.removesuffix(".safetensors"), "", weight))
+        require_sd3(path)
         refs.append(library.ref(path.resolve(), weight))
     return tuple(refs)
 

@@ -317,6 +317,19 @@ def inspect_lora(path: Path) -> LoraInfo:
     )
 
 
+def require_sd3(path: Path) -> LoraInfo:
+    """`path`'s description when it is an SD3 LoRA; LoraError saying what it is for instead."""
+    info = inspect_lora(path)
+    if info.kind is not LoraKind.sd3:
+        raise LoraError(
+            f"{path.name} is a LoRA for {info.kind.value}, not for SD3: it cannot change an "
+            "SD3 model",
+            "use a LoRA made for SD3 / SD3.5 (on Civitai: base model SD 3 or SD 3.5)",
+            path=str(path),
+        )
+    return info
+
+
 # ------------------------------------------------------------------ the user's LoRA folders
 
 
@@ -386,14 +399,14 @@ class LoraLibrary:
 
     def resolve(self, refs: Iterable[LoraRef]) -> tuple[LoraRef, ...]:
         """`refs` with whole hashes (a short hash or none, as read from another tool's image,
-        becomes the matching file's); LoraNotFoundError names the first one missing."""
+        becomes the matching file's), each checked to be an SD3 LoRA; LoraNotFoundError or
+        LoraError names the first that is not."""
         resolved = []
         for ref in refs:
-            if len(ref.hash) == 64:
-                resolved.append(ref)
-                continue
             path = self.find(ref)
-            resolved.append(LoraRef(path.stem, self.hash(path), ref.weight))
+            require_sd3(path)
+            whole = ref if len(ref.hash) == 64 else LoraRef(path.stem, self.hash(path), ref.weight)
+            resolved.append(whole)
         return tuple(resolved)
 
     def _candidates(self, ref: LoraRef) -> Iterable[Path]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sd3desk.core.errors import LoraError
-from sd3desk.core.loras import WIDTH_FAMILIES, LoraKind, LoraRef, inspect_lora
+from sd3desk.core.loras import WIDTH_FAMILIES, LoraRef, require_sd3
 from sd3desk.inference.checkpoint_layout import (
     CLIP_G_PREFIX,
     CLIP_L_PREFIX,
@@ -328,13 +328,7 @@ class LoraSet:
 
         from sd3desk.inference.devices import is_out_of_memory
 
-        info = inspect_lora(path)
-        if info.kind is not LoraKind.sd3:
-            raise LoraError(
-                f"{path.name} is a LoRA for {info.kind.value}, not for SD3: it cannot change "
-                "this model",
-                "use a LoRA made for SD3 / SD3.5 (on Civitai: base model SD 3 or SD 3.5)",
-            )
+        require_sd3(path)
         converted = convert(load_file(str(path)), self._pipe, path.name)
         adapter = f"lora_{ref.hash[:16]}"
         t5_prefix = "text_encoder_3."

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sd3desk import __version__
 from sd3desk.core.errors import FieldError, InvalidParamsError, SD3DeskError
 from sd3desk.core.jobs import Job, JobState
+from sd3desk.core.loras import LoraKind, LoraRef, split_lora_tags
 from sd3desk.core.params import SEED_MAX, GenerationParams, defaults_for
 from sd3desk.runtime.catalog import ModelEntry
 from sd3desk.server.door import Door
@@ -258,8 +259,11 @@ def _requests(body: Txt2ImgRequest, entry: ModelEntry) -> list[GenerationParams]
     seed + k, as A1111's `all_seeds`."""
     if not -1 <= body.seed <= SEED_MAX:
         raise InvalidParamsError([FieldError("seed", f"must be -1 (random) or 0-{SEED_MAX}")])
-    base = defaults_for(entry.family, body.prompt, model=entry.reference).replace(
+    # A1111's <lora:name:weight> tags: out of the prompt, into the request (found by name)
+    tagged = split_lora_tags(body.prompt)
+    base = defaults_for(entry.family, tagged.prompt, model=entry.reference).replace(
         negative_prompt=body.negative_prompt,
+        loras=tuple(LoraRef(name, "", weight) for name, weight in tagged.loras),
         seed=None if body.seed == -1 else body.seed,
         batch_size=body.batch_size,
     )
@@ -286,7 +290,7 @@ def _requests(body: Txt2ImgRequest, entry: ModelEntry) -> list[GenerationParams]
 
 
 def _notes(body: Txt2ImgRequest) -> list[str]:
-    notes = []
+    notes = list(split_lora_tags(body.prompt).notes)
     for asked in (body.sampler_name, body.sampler_index):
         if asked and asked != SAMPLER and asked not in SAMPLER_ALIASES:
             notes.append(
@@ -445,6 +449,20 @@ def sd_models(request: Request) -> list[dict[str, Any]]:
         }
         for e in door_of(request).models()
     ]
+
+
+@router.get("/loras", summary="The SD3 LoRAs in the LoRA folders, for <lora:name:weight>")
+def loras(request: Request) -> list[dict[str, Any]]:
+    return [
+        {"name": info.name, "alias": info.name, "path": str(info.path), "metadata": {}}
+        for info in door_of(request).loras()
+        if info.kind is LoraKind.sd3
+    ]
+
+
+@router.post("/refresh-loras", summary="Nothing to do: the folders are read on every request")
+def refresh_loras() -> None:
+    return None
 
 
 @router.get("/samplers", summary="The one sampler SD3 uses")

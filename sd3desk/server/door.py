@@ -7,9 +7,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from sd3desk.core.errors import FieldError, InvalidParamsError
+from sd3desk.core.errors import FieldError, InvalidParamsError, LoraError
 from sd3desk.core.gallery import GalleryIndex
 from sd3desk.core.jobs import Job
+from sd3desk.core.loras import LoraInfo
 from sd3desk.core.params import GenerationParams, validate
 from sd3desk.core.store import Store
 from sd3desk.runtime.catalog import ModelEntry
@@ -90,6 +91,21 @@ class Door:
 
     # ------------------------------------------------------------------ jobs
 
+    def _with_loras(self, params: GenerationParams) -> GenerationParams:
+        """`params` with each LoRA found in the LoRA folders by its name or hash (a request
+        may name one by its file name alone) and checked to be an SD3 LoRA; InvalidParamsError
+        naming "loras" otherwise. Hashes files the first time: call it off the event loop."""
+        if not params.loras:
+            return params
+        try:
+            return params.replace(loras=self.runtime.loras.resolve(params.loras))
+        except LoraError as exc:
+            raise InvalidParamsError([FieldError("loras", exc.message)]) from exc
+
+    def loras(self) -> list[LoraInfo]:
+        """The LoRAs in the LoRA folders (headers only)."""
+        return self.runtime.loras.scan()
+
     def submit(
         self,
         requests: Sequence[GenerationParams],
@@ -100,6 +116,7 @@ class Door:
     ) -> list[Job]:
         """Validate every request against `entry`'s limits and the server's, then queue them
         in one go (all or none). Raises InvalidParamsError or LimitExceeded."""
+        requests = [self._with_loras(p) for p in requests]
         images = sum(p.batch_size for p in requests)
         if images > self.config.max_images_per_request:
             raise LimitExceeded(

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sd3desk.core.errors import SD3DeskError
 from sd3desk.core.jobs import DONE, Job, JobState
+from sd3desk.core.loras import LORA_MAX, LoraKind, LoraRef
 from sd3desk.core.params import defaults_for
 from sd3desk.server.door import Door
 from sd3desk.server.errors import ApiError, client_address, door_of
@@ -33,6 +34,16 @@ ImageId = Annotated[int, FastPath(ge=1, le=ROW_ID_MAX, description="an image's i
 
 
 PICTURE_CHARS_MAX = 60_000_000  # base64 of a 45 MB picture file
+
+
+class LoraIn(BaseModel):
+    """A LoRA for a job: by its file name in the LoRA folders, or by its hash."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(max_length=200, description="the file's name without .safetensors")
+    hash: str = Field("", max_length=64, description="SHA-256 of its tensors, or its start")
+    weight: float = Field(1.0, description="-10 to 10")
 
 
 class JobRequest(BaseModel):
@@ -72,6 +83,7 @@ class JobRequest(BaseModel):
     hires_steps: int | None = None
     hires_strength: float | None = None
     slg_scale: float | None = Field(None, description="skip-layer guidance, 0 (off) to 10")
+    loras: list[LoraIn] | None = Field(None, max_length=LORA_MAX, description="see /api/v1/loras")
 
 
 class ImageLink(BaseModel):
@@ -120,6 +132,14 @@ class ModelOut(BaseModel):
     family: str
     max_side: int
     default: bool
+
+
+class LoraOut(BaseModel):
+    name: str
+    path: str
+    kind: str = Field(description="what it was made for; only SD3 / SD3.5 LoRAs apply")
+    about: str
+    usable: bool
 
 
 class ImageOut(BaseModel):
@@ -234,14 +254,34 @@ def list_models(request: Request) -> list[ModelOut]:
     ]
 
 
+@router.get("/loras", response_model=list[LoraOut], summary="The LoRAs in the LoRA folders")
+def list_loras(request: Request) -> list[LoraOut]:
+    return [
+        LoraOut(
+            name=info.name,
+            path=str(info.path),
+            kind=info.kind.value,
+            about=info.describe(),
+            usable=info.kind is LoraKind.sd3,
+        )
+        for info in door_of(request).loras()
+    ]
+
+
 @router.post("/jobs", response_model=JobOut, status_code=201, summary="Queue a job")
 def create_job(body: JobRequest, request: Request) -> JobOut:
     door = door_of(request)
     entry = door.model_for(body.model)
-    given = {k: v for k, v in body.model_dump(exclude={"model", "front"}).items() if v is not None}
+    given = {
+        k: v
+        for k, v in body.model_dump(exclude={"model", "front", "loras"}).items()
+        if v is not None
+    }
     for field in ("source_image", "mask_image"):
         if field in given:
             given[field] = door.store_picture(given[field], field)
+    if body.loras:
+        given["loras"] = tuple(LoraRef(x.name, x.hash.lower(), x.weight) for x in body.loras)
     params = dataclasses.replace(defaults_for(entry.family, model=entry.reference), **given)
     (job,) = door.submit([params], entry, SOURCE, client_address(request), front=body.front)
     return job_out(door, job)

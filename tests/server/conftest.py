@@ -91,6 +91,23 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     stop_server(server)
 
 
+@pytest.fixture(scope="session")
+def served_loras(served: Served) -> dict[str, Path]:
+    """A LoRA for the test model (kohya's layout, as Civitai serves them) and one for SDXL, in
+    the served data folder's LoRA folder."""
+    from sd3desk.inference import testlora
+    from sd3desk.inference.testmodel import build_pipeline
+
+    pipe = build_pipeline("tiny")  # the model `--model test` serves: the same weights
+    folder = served.data / "loras"
+    folder.mkdir(exist_ok=True)
+    kohya = testlora.to_kohya(testlora.random_lora(pipe, seed=5), pipe)
+    return {
+        "style": testlora.save(kohya, folder / "style.safetensors"),
+        "sdxl": testlora.save(testlora.other_architecture("sdxl"), folder / "sdxl.safetensors"),
+    }
+
+
 def watch_steps(served: Served) -> threading.Event:
     """An event set once the server's event stream reports a denoising step. The stream stays
     open until the server ends it (a stop cuts it off, a kill breaks it)."""

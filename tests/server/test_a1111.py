@@ -156,3 +156,30 @@ def test_txt2img_with_hires_fix(served):
     assert image.size == (384, 384)
     text = image.info["parameters"]
     assert "Hires upscale: 1.5" in text and "Denoising strength: 0.4" in text
+
+
+def test_loras_by_prompt_tag_as_a1111_clients_send_them(served, served_loras):
+    client = api(served)
+    names = [lora["name"] for lora in client.get_loras()]
+    assert names == ["style"]  # the SDXL one is not offered
+    assert client.session.post(f"{client.baseurl}/refresh-loras").status_code == 200
+    plain = client.txt2img(prompt="a lake", seed=9, steps=3, width=256, height=256).image
+    styled = client.txt2img(
+        prompt="a lake <lora:style:0.8>", seed=9, steps=3, width=256, height=256
+    ).image
+    import numpy as np
+
+    assert np.abs(np.asarray(styled, np.int16) - np.asarray(plain, np.int16)).max() > 0
+    parsed = parse_a1111(styled.info["parameters"])
+    (lora,) = parsed.params.loras
+    assert (parsed.params.prompt, lora.name, lora.weight) == ("a lake", "style", 0.8)
+    assert 'Lora hashes: "style: ' in styled.info["parameters"]
+    refused = client.session.post(
+        f"{client.baseurl}/txt2img",
+        json={"prompt": "a lake <lora:sdxl:1>", "steps": 3, "width": 256, "height": 256},
+    )
+    assert refused.status_code == 422 and "SDXL" in refused.text
+    missing = client.session.post(
+        f"{client.baseurl}/txt2img", json={"prompt": "x <lora:nowhere:1>", "steps": 3}
+    )
+    assert missing.status_code == 422 and "not in your LoRA folders" in missing.text

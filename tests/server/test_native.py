@@ -176,3 +176,23 @@ def test_a_job_from_a_picture_over_the_native_api(served):
             "/api/v1/jobs", json={**body, "source_image": picture, "mask_image": mask}
         )
         assert wrong_mask.status_code == 422 and "mask_image" in wrong_mask.text
+
+
+def test_loras_are_listed_and_applied_by_name(served, served_loras):
+    with served.client() as http:
+        listed = {x["name"]: x for x in http.get("/api/v1/loras").json()}
+        assert listed["style"]["usable"] and not listed["sdxl"]["usable"]
+        assert listed["sdxl"]["kind"] == "SDXL"
+        body = {"prompt": "a lamp", "seed": 2, **SMALL, "loras": [{"name": "style", "weight": 0.5}]}
+        job = http.post("/api/v1/jobs", json=body).json()
+        (lora,) = job["params"]["loras"]
+        assert lora["name"] == "style" and len(lora["hash"]) == 64 and lora["weight"] == 0.5
+        done = wait_until(
+            lambda: (j := http.get(f"/api/v1/jobs/{job['id']}").json())["state"] == "finished" and j
+        )
+        png = http.get(done["images"][0]["url"]).content
+        path = served.data / "made-with-lora.png"
+        path.write_bytes(png)
+        assert read_metadata(path).params.loras[0].hash == lora["hash"]
+        refused = http.post("/api/v1/jobs", json={**body, "loras": [{"name": "sdxl", "weight": 1}]})
+        assert refused.status_code == 422 and "loras" in refused.text
