@@ -31,13 +31,31 @@ class Device(Enum):
 
 
 class MemoryPlan(Enum):
-    """How the model is spread over GPU and CPU memory."""
+    """How the model is spread over GPU and CPU memory, and which parts are quantized."""
 
-    auto = "auto"  # choose by free memory and model size
-    gpu = "gpu"  # everything on the device: fastest
+    auto = "auto"  # the fastest plan that fits the free memory
+    gpu = "gpu"  # everything on the device in 16-bit: fastest
+    t5_8bit = "t5-8bit"  # everything on the device, T5 in 8-bit (bitsandbytes)
+    t5_4bit = "t5-4bit"  # everything on the device, T5 in 4-bit NF4 (bitsandbytes)
+    fp8 = "fp8"  # MMDiT in fp8 weight-only (torchao), T5 in 4-bit NF4
+    nf4 = "4bit"  # MMDiT and T5 in 4-bit NF4 (bitsandbytes): the least memory on the device
     offload = "offload"  # one component on the GPU at a time
     sequential = "sequential"  # layer by layer: slowest, least VRAM
     no_t5 = "no-t5"  # everything on the device without the T5 encoder (CLIP prompts only)
+
+
+# How each plan reads in Settings and in --help; the GB are SD3 Medium's, with T5
+PLAN_LABELS = {
+    MemoryPlan.auto: "Automatic: the fastest plan that fits the free memory",
+    MemoryPlan.gpu: "Everything on the GPU in 16-bit (fastest, ~17 GB)",
+    MemoryPlan.t5_8bit: "T5 in 8-bit, everything on the GPU (~12 GB)",
+    MemoryPlan.t5_4bit: "T5 in 4-bit, everything on the GPU (~10 GB)",
+    MemoryPlan.fp8: "MMDiT in fp8, T5 in 4-bit (RTX 40xx / H100; ~8 GB)",
+    MemoryPlan.nf4: "MMDiT and T5 in 4-bit (~7 GB)",
+    MemoryPlan.offload: "Offload: one part on the GPU at a time (~10 GB, slow)",
+    MemoryPlan.sequential: "Sequential: layer by layer (slowest, ~3 GB)",
+    MemoryPlan.no_t5: "Everything on the GPU without T5 (~8 GB; CLIP prompts only)",
+}
 
 
 class Theme(Enum):

@@ -10,10 +10,13 @@ from typing import Any
 
 from sd3desk.core.errors import SD3DeskError
 from sd3desk.core.settings import Device, MemoryPlan
+from sd3desk.inference.quant import Quant, quantized_bytes, unavailable
 
 GIB = 1024**3
-# Room left for activations, attention and the VAE decode at about one megapixel.
+# Room left for activations, attention and the VAE decode at about one megapixel; less with a
+# quantized plan, which decodes one megapixel and more in tiles (engine._wants_tiling)
 ACTIVATION_HEADROOM = 3 * GIB
+QUANTIZED_HEADROOM = 2 * GIB
 
 
 class Placement(Enum):
@@ -34,6 +37,7 @@ class DeviceInfo:
     dtype: str  # "bfloat16", "float16" or "float32"
     total_bytes: int | None = None
     free_bytes: int | None = None
+    capability: tuple[int, int] | None = None  # a CUDA GPU's compute capability
 
     @property
     def torch_device(self) -> str:
@@ -50,10 +54,16 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class ResolvedPlan:
-    """A concrete memory plan: placement plus whether T5 is loaded."""
+    """A concrete memory plan: placement, whether T5 is loaded, and what is quantized."""
 
     placement: Placement
     use_t5: bool
+    t5_quant: Quant | None = None
+    mmdit_quant: Quant | None = None
+
+    @property
+    def quantized(self) -> bool:
+        return self.t5_quant is not None or self.mmdit_quant is not None
 
     def describe(self) -> str:
         words = {
@@ -61,11 +71,49 @@ class ResolvedPlan:
             Placement.offload: "model offload",
             Placement.sequential: "sequential offload",
         }[self.placement]
+        stored = [
+            f"{part} in {quant.value}"
+            for part, quant in (("MMDiT", self.mmdit_quant), ("T5", self.t5_quant))
+            if quant is not None
+        ]
+        if stored:
+            words += " · " + ", ".join(stored)
         return words + ("" if self.use_t5 else ", without T5 (CLIP prompts only)")
 
 
+# The quantized plans: (T5, MMDiT) storage, all on the device
+PLAN_QUANTS: dict[MemoryPlan, tuple[Quant | None, Quant | None]] = {
+    MemoryPlan.t5_8bit: (Quant.int8, None),
+    MemoryPlan.t5_4bit: (Quant.nf4, None),
+    MemoryPlan.fp8: (Quant.nf4, Quant.fp8),
+    MemoryPlan.nf4: (Quant.nf4, Quant.nf4),
+}
+# `auto` on a GPU tries these, fastest first: T5 runs once per prompt (and its embeddings are
+# cached), so storing it smaller costs almost nothing per image; the MMDiT runs every step
+AUTO_ORDER = (
+    MemoryPlan.gpu,
+    MemoryPlan.t5_8bit,
+    MemoryPlan.t5_4bit,
+    MemoryPlan.fp8,
+    MemoryPlan.nf4,
+)
+
+
+# Libraries that log warnings about themselves while they are imported (torchao: kernels for
+# other GPUs; bitsandbytes: optional CPU kernels; torch: its own deprecations)
+_CHATTY_LOGGERS = ("torchao", "bitsandbytes", "kernels", "torch.utils._pytree")
+
+
 def quiet_libraries() -> None:
-    """No progress bars or info chatter from diffusers/transformers; we report progress."""
+    """No progress bars or info chatter from diffusers/transformers and the quantization
+    libraries; we report progress, and what matters reaches the user as a notice."""
+    import logging
+    import warnings
+
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # bitsandbytes' 8-bit matmul says this on every call with float32 inputs (on the CPU)
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     import diffusers.utils.logging as diffusers_logging
     import transformers.utils.logging as transformers_logging
 
@@ -151,6 +199,7 @@ def import_ml_stack() -> None:
     """Import everything loading and generating will need, at once, so it can be frozen."""
     with gc_paused(freeze=True):
         preload_torch_libraries()
+        quiet_libraries()  # before the imports that log
         import diffusers  # noqa: F401
         import torch  # noqa: F401
         import transformers  # noqa: F401
@@ -196,7 +245,9 @@ def pick_device(requested: Device = Device.auto, index: int = 0) -> DeviceInfo:
             raise SD3DeskError(f"there is no CUDA device {index}")
         free, total = torch.cuda.mem_get_info(index)
         dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return DeviceInfo("cuda", index, torch.cuda.get_device_name(index), dtype, total, free)
+        capability = tuple(torch.cuda.get_device_capability(index))
+        name = torch.cuda.get_device_name(index)
+        return DeviceInfo("cuda", index, name, dtype, total, free, capability)  # type: ignore[arg-type]
     if kind == "mps":
         return DeviceInfo("mps", 0, "Apple GPU (MPS)", "float16")
     return DeviceInfo("cpu", 0, "CPU", "float32")
@@ -219,11 +270,19 @@ def backend_report(requested: Device = Device.auto) -> dict[str, Any]:
 
 
 def resolve_plan(
-    plan: MemoryPlan, device: DeviceInfo, component_bytes: dict[str, int], has_t5: bool = True
+    plan: MemoryPlan,
+    device: DeviceInfo,
+    component_bytes: dict[str, int],
+    has_t5: bool = True,
+    *,
+    mmdit_quantizable: bool = True,
 ) -> ResolvedPlan:
     """Turn the user's plan into a concrete one. `component_bytes` are weight sizes at the
-    device's dtype. `auto` keeps everything on the device when it fits with headroom, else
-    offloads whole components, else streams layers."""
+    device's dtype (a GGUF MMDiT at its file size: `mmdit_quantizable` False, it stays as it
+    is). `auto` on a GPU takes the fastest plan whose weights fit the free memory with
+    headroom (16-bit, then T5 in 8-bit, T5 in 4-bit, the MMDiT in fp8 or 4-bit: only those
+    this device and the installed libraries can run), else offloads whole components, else
+    streams layers."""
     use_t5 = has_t5 and plan is not MemoryPlan.no_t5
     if plan in (MemoryPlan.offload, MemoryPlan.sequential):
         if device.kind == "cpu":
@@ -234,15 +293,79 @@ def resolve_plan(
             )
         placement = Placement.offload if plan is MemoryPlan.offload else Placement.sequential
         return ResolvedPlan(placement, use_t5)
+    if plan in PLAN_QUANTS:
+        resolved = _quantized(plan, device, use_t5, mmdit_quantizable)
+        why = _why_not(resolved, device)
+        if why:
+            raise SD3DeskError(
+                f"the memory plan {plan.value!r} cannot run here: {why}",
+                "choose another memory plan (Settings, or --memory): "
+                + ", ".join(p.value for p in lighter_plans(device, use_t5)),
+            )
+        return resolved
     if plan in (MemoryPlan.gpu, MemoryPlan.no_t5) or device.kind != "cuda":
         return ResolvedPlan(Placement.device, use_t5)
-    sizes = {k: v for k, v in component_bytes.items() if use_t5 or k != "text_encoder_3"}
     free = device.free_bytes or 0
-    if sum(sizes.values()) + ACTIVATION_HEADROOM <= free:
-        return ResolvedPlan(Placement.device, use_t5)
+    for candidate in AUTO_ORDER:
+        resolved = _quantized(candidate, device, use_t5, mmdit_quantizable)
+        room = QUANTIZED_HEADROOM if resolved.quantized else ACTIVATION_HEADROOM
+        fits = sum(plan_bytes(resolved, device, component_bytes).values()) + room
+        if fits <= free and not _why_not(resolved, device):
+            return resolved
+    sizes = {k: v for k, v in component_bytes.items() if use_t5 or k != "text_encoder_3"}
     if max(sizes.values(), default=0) + ACTIVATION_HEADROOM <= free:
         return ResolvedPlan(Placement.offload, use_t5)
     return ResolvedPlan(Placement.sequential, use_t5)
+
+
+def _quantized(
+    plan: MemoryPlan, device: DeviceInfo, use_t5: bool, mmdit_quantizable: bool
+) -> ResolvedPlan:
+    t5_quant, mmdit_quant = PLAN_QUANTS.get(plan, (None, None))
+    return ResolvedPlan(
+        Placement.device,
+        use_t5,
+        t5_quant if use_t5 else None,
+        mmdit_quant if mmdit_quantizable else None,
+    )
+
+
+def _why_not(plan: ResolvedPlan, device: DeviceInfo) -> str | None:
+    for quant, part in ((plan.t5_quant, "text_encoder_3"), (plan.mmdit_quant, "transformer")):
+        why = unavailable(quant, device, part) if quant is not None else None
+        if why:
+            return why
+    return None
+
+
+def plan_bytes(
+    plan: ResolvedPlan, device: DeviceInfo, component_bytes: dict[str, int]
+) -> dict[str, int]:
+    """What each component weighs in memory under `plan` (sizes given at the device's dtype)."""
+    per_param = 4 if device.dtype == "float32" else 2
+    sizes = {}
+    for part, size in component_bytes.items():
+        if part == "text_encoder_3" and not plan.use_t5:
+            continue
+        quant = {"text_encoder_3": plan.t5_quant, "transformer": plan.mmdit_quant}.get(part)
+        sizes[part] = quantized_bytes(size // per_param, quant, per_param) if quant else size
+    return sizes
+
+
+def lighter_plans(device: DeviceInfo, use_t5: bool = True) -> list[MemoryPlan]:
+    """The plans that take less memory than all in 16-bit and can run on `device`, lightest
+    in speed order (for advice after running out of memory)."""
+    found = [
+        plan
+        for plan in AUTO_ORDER[1:]
+        if use_t5 or PLAN_QUANTS[plan][1] is not None
+        if not _why_not(_quantized(plan, device, use_t5, True), device)
+    ]
+    if device.kind != "cpu":
+        found += [MemoryPlan.offload, MemoryPlan.sequential]
+    if use_t5:
+        found.append(MemoryPlan.no_t5)
+    return found
 
 
 def place_pipeline(pipe: Any, placement: Placement, device: DeviceInfo) -> None:

@@ -6,7 +6,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,15 @@ from sd3desk.core.settings import Device, MemoryPlan, hash_cache_file
 from sd3desk.core.sources import fit
 from sd3desk.inference import loading
 from sd3desk.inference.devices import (
+    GIB,
+    PLAN_QUANTS,
     DeviceInfo,
     Placement,
     ResolvedPlan,
     free_memory,
     gc_paused,
     is_out_of_memory,
+    lighter_plans,
     pick_device,
     place_pipeline,
     quiet_libraries,
@@ -50,16 +53,30 @@ from sd3desk.inference.devices import (
 )
 from sd3desk.inference.loading import LoadStage
 from sd3desk.inference.lora import LoraSet
-from sd3desk.inference.models import ModelSource
+from sd3desk.inference.models import ModelKind, ModelSource
 from sd3desk.inference.preview import PreviewQueue, latents_to_rgb, predicted_x0
+from sd3desk.inference.quant import Quant, quantize_fp8
 
 # Above this many pixels the VAE decodes in tiles, so big images fit in modest VRAM.
 VAE_TILING_PIXELS = 1536 * 1536
 _LOAD_LOCK = threading.Lock()
-OOM_ADVICE = (
-    "Try a smaller size or fewer images per job, the 'offload' or 'sequential' memory plan, "
-    "or running without T5 ('no-t5'). Memory has been freed; the next job can run normally."
-)
+
+
+def oom_advice(device: DeviceInfo, plan: ResolvedPlan | None = None) -> str:
+    """What to try after running out of memory: a smaller job, or a plan lighter than all in
+    16-bit that this device can run (the quantized ones first: they keep the speed), other
+    than `plan` itself."""
+    current = (plan.t5_quant, plan.mmdit_quant) if plan and plan.quantized else None
+    lighter = [
+        repr(p.value)
+        for p in lighter_plans(device, plan.use_t5 if plan else True)
+        if current is None or PLAN_QUANTS.get(p) != current
+    ]
+    plans = f", or a lighter memory plan ({', '.join(lighter)})" if lighter else ""
+    return (
+        f"Try a smaller size or fewer images per job{plans}. Memory has been freed; the next "
+        "job can run normally."
+    )
 
 
 @dataclass(frozen=True)
@@ -169,7 +186,9 @@ class Engine:
         bytes_per_param = 4 if device.dtype == "float32" else 2
         # (everything that will be loaded: the text encoders a single file borrows included)
         sizes = source.load_bytes(bytes_per_param, use_t5)
-        resolved = resolve_plan(plan, device, sizes, has_t5=use_t5)
+        resolved = resolve_plan(
+            plan, device, sizes, has_t5=use_t5, mmdit_quantizable=source.kind is not ModelKind.gguf
+        )
         # 2. free the previous model before reading the next one
         self.unload()
         try:
@@ -183,11 +202,26 @@ class Engine:
                     cache_dir=self._cache_dir,
                     model_dirs=self._model_dirs,
                     on_stage=on_stage,
+                    storage=loading.Storage(
+                        resolved.t5_quant, resolved.mmdit_quant, device.torch_device
+                    ),
                 )
-            resolved = ResolvedPlan(resolved.placement, use_t5)
-            # 4. place the weights
+            resolved = replace(
+                resolved, use_t5=use_t5, t5_quant=resolved.t5_quant if use_t5 else None
+            )
+            # 4. place the weights (an fp8 MMDiT is quantized on the device first, so that it
+            # is never there in 16-bit beside the rest)
             loading.report_stage(on_stage, loading.PLACE_STAGE, "Moving the model to the device")
+            if resolved.mmdit_quant is Quant.fp8:
+                pipe.transformer.to(device.torch_device)
+                quantize_fp8(pipe.transformer)
             place_pipeline(pipe, resolved.placement, device)
+            if plan is MemoryPlan.auto and resolved.quantized:
+                notices.append(
+                    f"{resolved.describe()} so that {source.name} fits in the "
+                    f"{(device.free_bytes or 0) / GIB:.1f} GB free; images differ slightly "
+                    "from 16-bit ones (the 'gpu' plan, on a card with room for it)"
+                )
         except SD3DeskError:
             free_memory(device)
             raise
@@ -195,7 +229,7 @@ class Engine:
             free_memory(device)
             if is_out_of_memory(exc):
                 raise OutOfMemoryError(
-                    f"out of memory while loading {source.name}", OOM_ADVICE
+                    f"out of memory while loading {source.name}", oom_advice(device, resolved)
                 ) from exc
             raise ModelError(
                 f"{source.name} could not be loaded: {exc}",
@@ -358,7 +392,7 @@ class Engine:
                     f"the device ran out of memory at {params.width}x{params.height}"
                     + (f" (hires {size})" if size else "")
                     + f" with {params.batch_size} image(s)",
-                    OOM_ADVICE,
+                    oom_advice(self.device(), self._loaded.plan),
                 ) from exc
             raise
         timings["total_s"] = time.perf_counter() - started
@@ -631,10 +665,11 @@ def _set_shift(pipe: Any, shift: float) -> None:
 
 
 def _wants_tiling(params: GenerationParams, loaded: LoadedModel | None) -> bool:
+    pixels = params.width * params.height
+    if loaded is not None and loaded.plan.quantized:  # a plan for small GPUs: less headroom
+        return pixels >= 1024 * 1024
     light = loaded is not None and loaded.plan.placement is not Placement.device
-    return params.width * params.height > VAE_TILING_PIXELS or (
-        light and params.width * params.height > 1024 * 1024
-    )
+    return pixels > VAE_TILING_PIXELS or (light and pixels > 1024 * 1024)
 
 
 def _decode(pipe: Any, latents: Any, params: GenerationParams) -> Image.Image:

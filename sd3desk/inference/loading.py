@@ -22,6 +22,7 @@ from sd3desk.inference.models import (
     bundled_config_dir,
     source_from_path,
 )
+from sd3desk.inference.quant import Quant, bnb_config
 
 PLACE_STAGE = 7  # stages: tokenizers, CLIP-L, CLIP-G, T5, MMDiT, VAE, placing
 _ENCODER_LABELS = {
@@ -32,6 +33,19 @@ _ENCODER_LABELS = {
 NO_T5_NOTICE = (
     "running without T5: prompts reach the model through the CLIP encoders only (77 tokens)"
 )
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How quantized parts are stored (inference/quant.py) and the device they load onto
+    (bitsandbytes quantizes as it places the weights)."""
+
+    t5_quant: Quant | None = None
+    mmdit_quant: Quant | None = None  # NF4 here; fp8 is applied on the device (Engine.load)
+    device: str = "cpu"
+
+    def t5_label(self) -> str:
+        return f" ({self.t5_quant.value})" if self.t5_quant else ""
 
 
 @dataclass(frozen=True)
@@ -56,16 +70,17 @@ def load_pipeline(
     cache_dir: Path | None,
     model_dirs: tuple[Path, ...] = (),
     on_stage: Callable | None = None,
+    storage: Storage = Storage(),
 ) -> tuple[Any, bool, list[str]]:
     """The pipeline for `source`, whether T5 is in it, and notices for the user."""
     if source.kind is ModelKind.test and not (source.path / "model_index.json").exists():
         report_stage(on_stage, 1, "Building the test model (random weights)")
         testmodel.ensure_test_model(source.path, source.test_size or "tiny")
     if source.kind is ModelKind.single_file:
-        return _load_single_file(source, dtype, use_t5, cache_dir, model_dirs, on_stage)
+        return _load_single_file(source, dtype, use_t5, cache_dir, model_dirs, on_stage, storage)
     if source.kind is ModelKind.gguf:
-        return _load_gguf(source, dtype, use_t5, cache_dir, model_dirs, on_stage)
-    return _load_folder(source.path, source, dtype, use_t5, on_stage)
+        return _load_gguf(source, dtype, use_t5, cache_dir, model_dirs, on_stage, storage)
+    return _load_folder(source.path, source, dtype, use_t5, on_stage, storage)
 
 
 def _component(folder: Path, part: str, load: Callable[[], Any]) -> Any:
@@ -103,13 +118,22 @@ def _require_files(folder: Path, part: str) -> None:
         )
 
 
-def _encoder(folder: Path, part: str, dtype: str, on_stage: Callable | None) -> Any:
+def _encoder(
+    folder: Path, part: str, dtype: str, on_stage: Callable | None, storage: Storage = Storage()
+) -> Any:
     from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
     label, index = _ENCODER_LABELS[part]
-    report_stage(on_stage, index, f"Loading {label}")
+    quant = storage.t5_quant if part == "text_encoder_3" else None
+    report_stage(on_stage, index, f"Loading {label}" + (f" ({quant.value})" if quant else ""))
     cls = T5EncoderModel if part == "text_encoder_3" else CLIPTextModelWithProjection
-    return _component(
+    extra: dict[str, Any] = {}
+    if quant is not None:  # quantized while read, straight onto the device (bitsandbytes)
+        extra = {
+            "quantization_config": bnb_config(quant, dtype, "transformers"),
+            "device_map": {"": storage.device},
+        }
+    model = _component(
         folder,
         part,
         lambda: cls.from_pretrained(
@@ -118,8 +142,22 @@ def _encoder(folder: Path, part: str, dtype: str, on_stage: Callable | None) -> 
             dtype=torch_dtype(dtype),
             local_files_only=True,
             use_safetensors=True,
+            **extra,
         ).eval(),
     )
+    if quant is Quant.nf4 and storage.device == "cpu":
+        _generic_nf4_where_unaligned(model)
+    return model
+
+
+def _generic_nf4_where_unaligned(model: Any) -> None:
+    """bitsandbytes' packed NF4 kernel for AVX-512 CPUs takes only layers whose widths are
+    multiples of its block (64); every layer of the real T5-XXL's are, the test model's (80
+    wide) are not: those take bitsandbytes' generic path instead of failing."""
+    for module in model.modules():
+        widths = (getattr(module, "in_features", 0), getattr(module, "out_features", 0))
+        if hasattr(module, "support_avx512bf16_for_cpu") and any(w % 64 for w in widths):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _load_folder(
@@ -128,6 +166,7 @@ def _load_folder(
     dtype: str,
     use_t5: bool,
     on_stage: Callable | None,
+    storage: Storage = Storage(),
     transformer: Any = None,
 ) -> tuple[Any, bool, list[str]]:
     """The pipeline of a diffusers folder; with `transformer`, that one instead of the
@@ -175,14 +214,21 @@ def _load_folder(
     parts.setdefault("tokenizer_3", None)
     for part in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         parts[part] = (
-            _encoder(folder, part, dtype, on_stage) if use_t5 or part != "text_encoder_3" else None
+            _encoder(folder, part, dtype, on_stage, storage)
+            if use_t5 or part != "text_encoder_3"
+            else None
         )
     common = {"torch_dtype": torch_dtype(dtype), "local_files_only": True, "use_safetensors": True}
-    report_stage(on_stage, 5, "Loading MMDiT denoiser")
+    mmdit: dict[str, Any] = {}
+    if storage.mmdit_quant is Quant.nf4:
+        mmdit = {"quantization_config": bnb_config(Quant.nf4, dtype, "diffusers")}
+    report_stage(on_stage, 5, "Loading MMDiT denoiser" + (" (4-bit NF4)" if mmdit else ""))
     parts["transformer"] = transformer or _component(
         folder,
         "transformer",
-        lambda: SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer", **common),
+        lambda: SD3Transformer2DModel.from_pretrained(
+            folder, subfolder="transformer", **common, **mmdit
+        ),
     )
     report_stage(on_stage, 6, "Loading VAE")
     parts["vae"] = _component(
@@ -234,6 +280,7 @@ def _load_gguf(
     cache_dir: Path | None,
     model_dirs: tuple[Path, ...],
     on_stage: Callable | None,
+    storage: Storage = Storage(),
 ) -> tuple[Any, bool, list[str]]:
     """A GGUF transformer (kept quantized, dequantized as it runs: diffusers'
     GGUFQuantizationConfig) with the VAE, text encoders, tokenizers and scheduler of a diffusers
@@ -266,7 +313,7 @@ def _load_gguf(
         local_files_only=True,
     )
     pipe, use_t5, notices = _load_folder(
-        donor, source_from_path(donor, str(donor)), dtype, use_t5, on_stage, transformer
+        donor, source_from_path(donor, str(donor)), dtype, use_t5, on_stage, storage, transformer
     )
     if source.family is not ModelFamily.test:
         notices.append(f"VAE and text encoders taken from {donor}")
@@ -298,6 +345,25 @@ def _tied_t5(path: Path, config_dir: Path, dtype: str) -> Any:
     return model.eval()
 
 
+def _t5_folder(
+    source: ModelSource, donor: Path | None, cache_dir: Path | None, storage: Storage
+) -> Path:
+    """A diffusers folder with the T5 weights, to read them quantized."""
+    if source.family is ModelFamily.test and cache_dir is not None:  # the same weights
+        return testmodel.ensure_test_model(test_model_dir(cache_dir), source.test_size or "tiny")
+    if donor is not None and any((donor / "text_encoder_3").glob("*.safetensors")):
+        return donor
+    quant = storage.t5_quant.value if storage.t5_quant else ""
+    raise ModelError(
+        f"T5 in {quant} is read from an SD3 diffusers folder's text_encoder_3, and none was "
+        f"found in your model folders or the Hugging Face cache ({source.path.name}'s own T5 "
+        "cannot be quantized as it loads)",
+        "download stabilityai/stable-diffusion-3-medium-diffusers's text_encoder_3 folder (the "
+        "T5 every SD3 and SD3.5 uses), or choose the 'offload' or 'no-t5' memory plan",
+        path=str(source.path),
+    )
+
+
 def _load_single_file(
     source: ModelSource,
     dtype: str,
@@ -305,8 +371,9 @@ def _load_single_file(
     cache_dir: Path | None,
     model_dirs: tuple[Path, ...],
     on_stage: Callable | None,
+    storage: Storage = Storage(),
 ) -> tuple[Any, bool, list[str]]:
-    from diffusers import StableDiffusion3Pipeline
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
     T5TokenizerFast = t5_tokenizer_class()
     notices: list[str] = []
@@ -315,7 +382,7 @@ def _load_single_file(
     extra: dict[str, Any] = _clip_tokenizers(config_dir, source.family)
     # 2. text encoders the checkpoint lacks come from a diffusers folder (all SD3s share them)
     donor = None
-    if not source.has_clips or (use_t5 and not source.has_t5):
+    if not source.has_clips or (use_t5 and not (source.has_t5 and storage.t5_quant is None)):
         donor = find_text_encoder_donor(model_dirs)
     if not source.has_clips:
         if donor is None:
@@ -354,7 +421,14 @@ def _load_single_file(
                     path="tokenizer_3/spiece.model",
                 )
             extra["tokenizer_3"] = T5TokenizerFast.from_pretrained(folder)
-        if not source.has_t5:
+        if storage.t5_quant is not None:
+            # bitsandbytes quantizes as transformers reads a model folder: the T5 of a folder
+            # (the same T5-XXL in every SD3 and SD3.5), not the checkpoint's own
+            folder = _t5_folder(source, donor, cache_dir, storage)
+            extra["text_encoder_3"] = _encoder(folder, "text_encoder_3", dtype, on_stage, storage)
+            if source.family is not ModelFamily.test:
+                notices.append(f"T5 in {storage.t5_quant.value} taken from {folder}")
+        elif not source.has_t5:
             assert donor is not None
             extra["text_encoder_3"] = _encoder(donor, "text_encoder_3", dtype, on_stage)
         elif not _has_key(source.path, T5_PREFIX + "encoder.embed_tokens.weight"):
@@ -365,6 +439,15 @@ def _load_single_file(
         extra["text_encoder_3"] = None
     # 4. the checkpoint itself, converted by diffusers' single-file loader
     report_stage(on_stage, 5, f"Loading {source.path.name}")
+    if storage.mmdit_quant is Quant.nf4:
+        extra["transformer"] = SD3Transformer2DModel.from_single_file(
+            str(source.path),
+            config=str(config_dir),
+            subfolder="transformer",
+            quantization_config=bnb_config(Quant.nf4, dtype, "diffusers"),
+            torch_dtype=torch_dtype(dtype),
+            local_files_only=True,
+        )
     try:
         pipe = StableDiffusion3Pipeline.from_single_file(
             str(source.path),

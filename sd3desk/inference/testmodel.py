@@ -340,26 +340,29 @@ def write_test_single_file(
 
 def write_test_gguf(path: Path, quant: str = "Q8_0", size: str = "tiny") -> Path:
     """Write the test model's MMDiT as a GGUF file the way the published SD3/SD3.5 GGUF files
-    are laid out: the original key names without "model.diffusion_model.", weight matrices in
-    `quant` (Q8_0, Q4_0, ... in blocks of 32 along a row), biases, norms and the position
-    embedding in F32."""
+    are laid out (see `write_gguf`)."""
+    return write_gguf(build_pipeline(size).transformer, path, quant, {GGUF_TEST_KEY: size})
+
+
+def write_gguf(transformer: Any, path: Path, quant: str, strings: dict[str, str]) -> Path:
+    """`transformer` as the published SD3/SD3.5 GGUF files are laid out: the original key
+    names without "model.diffusion_model.", weight matrices in `quant` (Q8_0, Q4_0, ... in
+    blocks of 32 along a row), biases, norms and the position embedding in F32; `strings` as
+    header fields."""
     import gguf
     import numpy as np
 
-    from sd3desk.core.atomic import atomic_write_bytes
-    from sd3desk.inference.checkpoint_layout import MMDIT_PREFIX, to_single_file_state_dict
+    from sd3desk.inference.checkpoint_layout import MMDIT_PREFIX, _mmdit_entries
 
-    pipe = build_pipeline(size)
-    state = to_single_file_state_dict(pipe.transformer, pipe.vae, None, None, None)
+    state = _mmdit_entries(transformer)
     kind = gguf.GGMLQuantizationType[quant]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.writing")
     writer = gguf.GGUFWriter(str(staging), "sd3")
-    writer.add_string(GGUF_TEST_KEY, size)
+    for key, value in strings.items():
+        writer.add_string(key, value)
     for key, tensor in state.items():
-        if not key.startswith(MMDIT_PREFIX):
-            continue
         array = tensor.float().numpy()
         name = key[len(MMDIT_PREFIX) :]
         if array.ndim == 2 and name.endswith(".weight") and array.shape[-1] % 32 == 0:
@@ -371,6 +374,5 @@ def write_test_gguf(path: Path, quant: str = "Q8_0", size: str = "tiny") -> Path
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    atomic_write_bytes(path, staging.read_bytes())  # (the writer needs a path of its own)
-    staging.unlink()
+    staging.replace(path)  # (the writer needs a path of its own; then renamed into place)
     return path

@@ -17,6 +17,7 @@ import pytest
 from sd3desk.core.errors import RefusedFormatError
 from sd3desk.core.params import ModelFamily
 from sd3desk.core.settings import MemoryPlan
+from sd3desk.inference import quant
 from sd3desk.inference.devices import DeviceInfo, Placement, resolve_plan
 from sd3desk.inference.models import DONOR_PARAMS, resolve_model
 
@@ -55,7 +56,7 @@ def sd35_large_transformer_only(path: Path) -> Path:
     return header_only(path, tensors)
 
 
-def test_a_single_file_is_planned_with_the_encoders_it_borrows(tmp_path):
+def test_a_single_file_is_planned_with_the_encoders_it_borrows(tmp_path, monkeypatch):
     """Planned from its own tensors only, SD3.5 Large looked like it fits 23 GiB; with the
     CLIPs and T5 it loads from a donor it does not, so auto offloads instead of running out of
     memory while loading."""
@@ -70,7 +71,10 @@ def test_a_single_file_is_planned_with_the_encoders_it_borrows(tmp_path):
     card = DeviceInfo("cuda", 0, "a 24 GB card", "bfloat16", 24 * GIB, 23 * GIB)
     sizes = {k: 2 * n for k, n in loaded.items()}
     assert own * 2 + 2 * GIB < card.free_bytes  # its own weights alone would have "fit"
+    monkeypatch.setattr(quant, "_installed", lambda name: False)  # 16-bit plans only
     assert resolve_plan(MemoryPlan.auto, card, sizes).placement is Placement.offload
+    monkeypatch.setattr(quant, "_installed", lambda name: True)  # then T5 in 8-bit fits
+    assert resolve_plan(MemoryPlan.auto, card, sizes).t5_quant is quant.Quant.int8
 
 
 def test_a_folder_with_fp32_and_fp16_variants_is_counted_once(tmp_path, tiny_model_dir):
