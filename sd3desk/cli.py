@@ -34,7 +34,7 @@ from sd3desk.core.params import (
     defaults_for,
     size_for_aspect,
 )
-from sd3desk.core.settings import AppPaths, Device, MemoryPlan, Settings, load_settings
+from sd3desk.core.settings import AppPaths, Device, MemoryPlan, Settings, Speed, load_settings
 
 log = logging.getLogger("sd3desk")
 
@@ -308,7 +308,20 @@ def _numbers(kind: type) -> Any:
 
 def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=[d.value for d in Device], help="default: auto")
-    parser.add_argument("--memory", choices=[m.value for m in MemoryPlan], help="default: auto")
+    parser.add_argument(
+        "--memory",
+        choices=[m.value for m in MemoryPlan],
+        help="memory plan (default auto: the fastest that fits); t5-8bit, t5-4bit: T5 stored "
+        "in 8/4 bits; fp8, 4bit: the MMDiT too (see the README)",
+    )
+    parser.add_argument(
+        "--fast",
+        nargs="?",
+        const=Speed.fast.value,
+        choices=[s.value for s in Speed],
+        help="fast mode: the MMDiT compiled with torch.compile (a warm-up first; cached on "
+        "disk); 'fastest' adds fp8 matmuls on RTX 40xx / H100-class GPUs (default: off)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -517,6 +530,8 @@ def _settings(args: argparse.Namespace, paths: AppPaths, **changes: Any) -> Sett
         changes["device"] = Device(args.device)
     if getattr(args, "memory", None):
         changes["memory_plan"] = MemoryPlan(args.memory)
+    if getattr(args, "fast", None):
+        changes["speed"] = Speed(args.fast)
     if getattr(args, "out", None):
         changes["output_dir"] = str(args.out)
     return dataclasses.replace(settings, **changes)

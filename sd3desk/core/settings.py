@@ -58,6 +58,29 @@ PLAN_LABELS = {
 }
 
 
+class Speed(Enum):
+    """Fast mode: how much the engine does to run faster than bare diffusers (CUDA first)."""
+
+    off = "off"  # eager PyTorch, as diffusers runs it
+    fast = "fast"  # the MMDiT's blocks compiled (torch.compile), fused QKV, channels-last VAE
+    fastest = "fastest"  # fast, with fp8 activations and weights in the MMDiT (torchao)
+
+
+SPEED_LABELS = {
+    Speed.off: "Off: as diffusers runs it",
+    Speed.fast: "Fast: the MMDiT compiled (a warm-up after loading)",
+    Speed.fastest: "Fastest: compiled, with fp8 matmuls (RTX 40xx, L4, H100)",
+}
+# The pixel differences are bench/fast_mode.py's (CPU) and bench/gpu_fast.py's (GPU) figures
+SPEED_NOTE = (
+    "Fast compiles the MMDiT's blocks with torch.compile (once per model; cached on disk, so "
+    "later starts take seconds), fuses its q/k/v projections and stores the VAE channels-last. "
+    "Images differ from 'Off' only by rounding: on the CPU at most 1/255 in a few pixels. "
+    "Fastest adds fp8 activations and weights (GPUs of compute capability 8.9+): images "
+    "differ a little more. Every image records the mode it was made in."
+)
+
+
 class Theme(Enum):
     """The window's colours; `system` follows the desktop."""
 
@@ -173,6 +196,7 @@ class Settings:
     gpu_workers: int = 1
     use_t5: bool = True  # off: prompts go through the two CLIP encoders only (saves ~9 GB)
     theme: Theme = Theme.system
+    speed: Speed = Speed.off
     # Serving the queue over HTTP from the window (File → Settings → Serve on this computer).
     serve: bool = False
     serve_host: str = "127.0.0.1"  # anything but loopback needs a token
@@ -194,6 +218,7 @@ class Settings:
             "gpu_workers": self.gpu_workers,
             "use_t5": self.use_t5,
             "theme": self.theme.value,
+            "speed": self.speed.value,
             "serve": self.serve,
             "serve_host": self.serve_host,
             "serve_port": self.serve_port,
@@ -224,6 +249,8 @@ def _parse_setting(key: str, value: Any) -> Any:
         return MemoryPlan(value)
     if key == "theme":
         return Theme(value)
+    if key == "speed":
+        return Speed(value)
     if key in ("use_t5", "serve"):
         if not isinstance(value, bool):
             raise TypeError(key)

@@ -31,9 +31,10 @@ from sd3desk.core.params import (
     GenerationParams,
     PromptLength,
     check,
+    defaults_for,
     picture_steps,
 )
-from sd3desk.core.settings import Device, MemoryPlan, hash_cache_file
+from sd3desk.core.settings import Device, MemoryPlan, Speed, hash_cache_file
 from sd3desk.core.sources import fit
 from sd3desk.inference import loading
 from sd3desk.inference.devices import (
@@ -56,6 +57,8 @@ from sd3desk.inference.lora import LoraSet
 from sd3desk.inference.models import ModelKind, ModelSource
 from sd3desk.inference.preview import PreviewQueue, latents_to_rgb, predicted_x0
 from sd3desk.inference.quant import Quant, quantize_fp8
+from sd3desk.inference.speed import make_fast, use_compile_cache
+from sd3desk.inference.speed import unavailable as speed_unavailable
 
 # Above this many pixels the VAE decodes in tiles, so big images fit in modest VRAM.
 VAE_TILING_PIXELS = 1536 * 1536
@@ -103,9 +106,19 @@ class LoadedModel:
     device: DeviceInfo
     plan: ResolvedPlan
     notices: tuple[str, ...] = ()
+    speed: Speed = Speed.off
 
     def describe(self) -> str:
-        return f"{self.identity.name} on {self.device.describe()} · {self.plan.describe()}"
+        fast = "" if self.speed is Speed.off else f" · {self.speed.value}"
+        return f"{self.identity.name} on {self.device.describe()} · {self.plan.describe()}{fast}"
+
+    def made_with(self) -> tuple[tuple[str, str], ...]:
+        """How images are made, for their metadata (the request says what is made)."""
+        return (
+            ("device", f"{self.device.name} · {self.device.dtype}"),
+            ("memory", self.plan.describe()),
+            ("speed", self.speed.value),
+        )
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,7 @@ class GenerationResult:
     timings: dict[str, float]
     prompt_cache_hit: bool
     notices: tuple[str, ...] = ()  # what the user should know about this run
+    made_with: tuple[tuple[str, str], ...] = ()  # device, memory plan, speed (LoadedModel)
 
 
 class Engine:
@@ -177,12 +191,17 @@ class Engine:
         plan: MemoryPlan = MemoryPlan.auto,
         on_stage: Callable[[LoadStage], None] | None = None,
         use_t5: bool = True,
+        speed: Speed = Speed.off,
     ) -> LoadedModel:
         """Load `source` (unloading any other model first) and place it per `plan`; without T5
-        when `use_t5` is False (the user's setting) or the plan is no-t5."""
+        when `use_t5` is False (the user's setting) or the plan is no-t5; made fast per
+        `speed` (the compile itself happens in `warm_up` or the first job)."""
         # 1. device, dtype and a concrete memory plan from the weights' sizes
         quiet_libraries()
         device = self.device()
+        why = speed_unavailable(speed, device)
+        if why:
+            raise SD3DeskError(f"fast mode {speed.value!r} cannot run here: {why}")
         bytes_per_param = 4 if device.dtype == "float32" else 2
         # (everything that will be loaded: the text encoders a single file borrows included)
         sizes = source.load_bytes(bytes_per_param, use_t5)
@@ -216,6 +235,10 @@ class Engine:
                 pipe.transformer.to(device.torch_device)
                 quantize_fp8(pipe.transformer)
             place_pipeline(pipe, resolved.placement, device)
+            if speed is not Speed.off:  # 5. fast mode
+                use_compile_cache(self._cache_dir)
+                plain = not resolved.mmdit_quant and source.kind is not ModelKind.gguf
+                make_fast(pipe, speed, device, fuse_qkv=plain)
             if plan is MemoryPlan.auto and resolved.quantized:
                 notices.append(
                     f"{resolved.describe()} so that {source.name} fits in the "
@@ -236,10 +259,15 @@ class Engine:
                 "the files may be incomplete or of an unsupported variant",
                 path=str(source.path),
             ) from exc
-        return self.attach(pipe, source, resolved, notices)
+        return self.attach(pipe, source, resolved, notices, speed)
 
     def attach(
-        self, pipe: Any, source: ModelSource, plan: ResolvedPlan, notices: Sequence[str] = ()
+        self,
+        pipe: Any,
+        source: ModelSource,
+        plan: ResolvedPlan,
+        notices: Sequence[str] = (),
+        speed: Speed = Speed.off,
     ) -> LoadedModel:
         """Adopt a pipeline already placed per `plan` (load() ends here; benchmarks use it)."""
         # The model hash names the model in every image's metadata; cached on disk after once.
@@ -254,8 +282,21 @@ class Engine:
         self._pipe = pipe
         self._picture_pipes.clear()
         self._loras = LoraSet(pipe)
-        self._loaded = LoadedModel(source, identity, self.device(), plan, tuple(notices))
+        self._loaded = LoadedModel(source, identity, self.device(), plan, tuple(notices), speed)
         return self._loaded
+
+    def warm_up(self, width: int, height: int) -> float:
+        """In fast mode, compile for `width` x `height` now (two small steps, nothing kept),
+        so the first job does not wait for it; seconds taken (0 when there is nothing to do)."""
+        loaded = self.loaded_model()
+        if loaded.speed is Speed.off:
+            return 0.0
+        started = time.perf_counter()
+        request = defaults_for(loaded.source.family, "warm-up").replace(
+            steps=2, seed=0, width=width, height=height
+        )
+        self.generate(request)
+        return time.perf_counter() - started
 
     def unload(self) -> None:
         """Drop the model and give its memory back."""
@@ -398,7 +439,13 @@ class Engine:
         timings["total_s"] = time.perf_counter() - started
         per_image = [params.for_image(k) for k in range(params.batch_size)]
         return GenerationResult(
-            images, per_image, self._loaded.identity, timings, hit, tuple(notices)
+            images,
+            per_image,
+            self._loaded.identity,
+            timings,
+            hit,
+            tuple(notices),
+            self._loaded.made_with(),
         )
 
     def _denoise(self, params: GenerationParams, embeds: tuple, latents: Any, steps: _Steps) -> Any:

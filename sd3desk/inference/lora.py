@@ -28,6 +28,7 @@ from sd3desk.inference.checkpoint_layout import (
     ModuleMap,
     transformer_modules,
 )
+from sd3desk.inference.speed import unfuse_qkv
 
 # Adapters kept loaded but unused, so switching back to a recent LoRA costs nothing
 KEEP_UNUSED = 4
@@ -329,6 +330,7 @@ class LoraSet:
         from sd3desk.inference.devices import is_out_of_memory
 
         require_sd3(path)
+        unfuse_qkv(self._pipe.transformer)  # (fast mode's fused q/k/v: a LoRA adapts each)
         converted = convert(load_file(str(path)), self._pipe, path.name)
         adapter = f"lora_{ref.hash[:16]}"
         t5_prefix = "text_encoder_3."

@@ -28,7 +28,7 @@ BYTES_PER_PARAM = {Quant.int8: 1.0, Quant.nf4: 0.56, Quant.fp8: 1.0}
 FP8_CAPABILITY: tuple[int, int] = (8, 9)  # Ada (RTX 40xx, L4, L40) and Hopper (H100) have fp8 units
 
 
-def _installed(package: str) -> bool:
+def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
@@ -38,7 +38,7 @@ def unavailable(quant: Quant, device: DeviceInfo, part: str) -> str | None:
     library = "torchao" if quant is Quant.fp8 else "bitsandbytes"
     if device.kind == "mps":
         return f"{library} does not run on Apple MPS"
-    if not _installed(library):
+    if not installed(library):
         return f"{library} is not installed ({QUANT_EXTRA})"
     if quant is Quant.nf4 and part == "transformer" and device.kind != "cuda":
         return "the MMDiT in 4-bit needs an NVIDIA GPU (diffusers' bitsandbytes loader)"

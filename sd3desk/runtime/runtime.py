@@ -142,6 +142,7 @@ class Runtime:
             use_t5=s.use_t5,
             sources_dir=self.paths.sources,
             lora_dirs=self.loras.folders,
+            speed=s.speed,
         )
 
     # ------------------------------------------------------------------ life
@@ -192,9 +193,9 @@ class Runtime:
         old, self.settings = self.settings, settings
         self.gallery.extra = [Path(f) for f in settings.gallery_dirs]
         self.loras.folders = lora_dirs(self.paths, settings)
-        engine_fields = ("device", "memory_plan", "use_t5", "model_dirs", "lora_dirs")
+        engine_fields = ("device", "memory_plan", "use_t5", "model_dirs", "speed")
         changed = any(getattr(old, f) != getattr(settings, f) for f in engine_fields)
-        if changed:
+        if changed or old.lora_dirs != settings.lora_dirs:  # (new LoRA folders: no reload)
             for worker in self.runner.workers:
                 worker.reconfigure(self.worker_config(worker.index))
             self.catalog.model_dirs = self.model_dirs()

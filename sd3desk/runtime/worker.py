@@ -28,7 +28,7 @@ from sd3desk.core.errors import (
 )
 from sd3desk.core.jobs import FailureKind, Job
 from sd3desk.core.metadata import JobRef
-from sd3desk.core.settings import Device, MemoryPlan, hash_cache_file, test_model_dir
+from sd3desk.core.settings import Device, MemoryPlan, Speed, hash_cache_file, test_model_dir
 from sd3desk.runtime.events import EngineState, EngineStatus, StepProgress
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ class WorkerConfig:
     device_index: int = 0  # which CUDA device, when several workers share the queue
     use_t5: bool = True
     lora_dirs: tuple[Path, ...] = ()  # where the LoRAs jobs name are found (by hash)
+    speed: Speed = Speed.off  # fast mode (inference/speed.py)
 
 
 EngineFactory = Callable[[WorkerConfig], "Engine"]
@@ -214,7 +215,11 @@ class Worker(QObject):
         if old.device != config.device or old.model_dirs != config.model_dirs:
             self._engine.unload()
             self._engine = None
-        elif (old.memory_plan, old.use_t5) != (config.memory_plan, config.use_t5):
+        elif (old.memory_plan, old.use_t5, old.speed) != (
+            config.memory_plan,
+            config.use_t5,
+            config.speed,
+        ):
             self._engine.unload()  # the next job loads its model with the new plan
 
     @Slot(str)
@@ -223,10 +228,24 @@ class Worker(QObject):
         if reference != self._wanted_model:  # the user picked another one since
             return
         try:
-            self._ensure_model(reference)
+            engine = self._ensure_model(reference)
+            self._warm_up(engine)
         except Exception as exc:
             failure = _failure(0, exc)
             self._state(EngineStatus.failed, failure.message, advice=failure.advice)
+
+    def _warm_up(self, engine: Engine) -> None:
+        """Fast mode: compile now, at the model's usual size, while the user is still typing
+        (from the disk cache after the first time: seconds)."""
+        loaded = engine.loaded_model()
+        if loaded.speed is Speed.off or reference_changed(self._wanted_model, loaded):
+            return
+        from sd3desk.core.params import FAMILY_DEFAULTS
+
+        side = FAMILY_DEFAULTS[loaded.source.family].size
+        self._state(EngineStatus.loading, "Compiling for fast mode…", model=loaded.source.reference)
+        seconds = engine.warm_up(side, side)
+        self._ready(notices=(f"fast mode ready: compiled in {seconds:.0f} s",))
 
     def _ensure_model(self, reference: str) -> Engine:
         from sd3desk.inference.models import resolve_model
@@ -252,6 +271,7 @@ class Worker(QObject):
                     model=reference,
                 ),
                 use_t5=self.config.use_t5,
+                speed=self.config.speed,
             )
             self._ready(notices=engine.loaded_model().notices)
         return engine
@@ -357,7 +377,9 @@ class Worker(QObject):
         planned = assignment.job.planned
         outputs: list[str] = []
         for k, (image, params) in enumerate(zip(result.images, result.params, strict=True)):
-            meta = ImageMetadata(params, result.model, job=assignment.ref(k))
+            meta = ImageMetadata(
+                params, result.model, job=assignment.ref(k), made_with=result.made_with
+            )
             target = Path(planned[k]) if k < len(planned) else None
             try:
                 outputs.append(
@@ -368,6 +390,11 @@ class Worker(QObject):
                 raise _storage_error(exc, folder, params, len(result.images) - k) from exc
             failpoints.reached("image-saved")
         return tuple(outputs)
+
+
+def reference_changed(wanted: str, loaded: Any) -> bool:
+    """The user picked another model since this one was asked for."""
+    return bool(wanted) and wanted != loaded.source.reference
 
 
 def _storage_error(exc: OSError, folder: Path, params: Any, images: int) -> SD3DeskError:

@@ -227,6 +227,7 @@ FIELDS = (
 TITLES = {f.name: f.title for f in FIELDS} | {
     "source_image": "Source picture:",
     "mask_image": "Mask:",
+    "loras": "LoRAs:",
 }
 
 

@@ -121,6 +121,7 @@ class MainWindow(QMainWindow):
         self._make_menus()
         self.token_counter = TokenCounter(self.runner.prompt_length)
         self._theme = session.settings.theme
+        self._lora_dirs = session.settings.lora_dirs
         self._connect()
         self._on_runner_queue_changed(QueueChanged(self.runner.snapshot()))
         for notice in self.runtime.notices.notices[-1:]:  # opening the database may have made some
@@ -203,6 +204,7 @@ class MainWindow(QMainWindow):
         session.family_changed.connect(panel.set_family)
         panel.turbo_toggled.connect(lambda turbo: session.set_turbo(panel.model_reference(), turbo))
         panel.load_picture = self._stored_picture
+        panel.lora_list.set_library(self.runtime.loras, self.runtime.paths.loras)
         well = panel.well
         well.open_requested.connect(self.open_source)
         well.paste_requested.connect(self.paste_source)
@@ -244,6 +246,10 @@ class MainWindow(QMainWindow):
 
     def generate(self) -> Job | None:
         """Queue the form's request; errors go next to their fields and nothing is queued."""
+        problems = self.prompt_panel.lora_list.problems()  # a ticked LoRA that is not there
+        if problems:
+            self.prompt_panel.show_errors(problems)
+            return None
         try:
             job = self.session.submit(self._with_mask(self.prompt_panel.params()))
         except InvalidParamsError as exc:
@@ -259,7 +265,7 @@ class MainWindow(QMainWindow):
         try:
             if params.source_image:
                 self.runtime.sources.check(params)
-            job = self.runner.enqueue(params)
+            job = self.runner.enqueue(self.session.with_lora_hashes(params))
         except InvalidParamsError as exc:
             self.prompt_panel.show_errors(exc.errors)
             return None
@@ -403,6 +409,9 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Settings loaded into the form", 4000)
 
     def _on_session_settings_changed(self, settings: Settings) -> None:
+        if settings.lora_dirs != self._lora_dirs:
+            self._lora_dirs = settings.lora_dirs
+            self.prompt_panel.lora_list.rescan()
         if self.gallery_panel is not None:
             scanner = self.gallery_panel.scanner
             if scanner is not None and scanner.folders != self.runtime.gallery.folders:
@@ -499,7 +508,10 @@ class MainWindow(QMainWindow):
     def edit_settings(self) -> None:
         from sd3desk.ui.settings_dialog import SettingsDialog
 
-        dialog = SettingsDialog(self.session.settings, str(self.runtime.paths.outputs), self)
+        paths = self.runtime.paths
+        dialog = SettingsDialog(
+            self.session.settings, str(paths.outputs), self, lora_folder=str(paths.loras)
+        )
         if dialog.exec():
             self.session.apply_settings(dialog.result_settings())
 

@@ -1,4 +1,5 @@
-"""The request form: prompts with token counts, seed, steps, guidance, size, batch and model."""
+"""The request form: prompts with token counts, LoRAs, seed, steps, guidance, size, batch and
+model."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from sd3desk.ui.form_fields import (
     snap,
     write,
 )
+from sd3desk.ui.lora_list import LoraList, rows_from_state
 from sd3desk.ui.source_well import SourceWell
 from sd3desk.ui.theme import Tone, tone_style
 from sd3desk.ui.widgets import label, named, tool_button, wrapping_label
@@ -95,6 +97,9 @@ class PromptPanel(QWidget):
         # the source picture: the window stores pictures and sets them here; `load_picture`
         # (set by the window) finds a stored one by its digest when settings are loaded
         self.well = SourceWell()
+        # the LoRAs: the window gives the list its library (lora_list.set_library)
+        self.lora_list = LoraList()
+        self._errors["loras"] = self._error_label("lorasError")
         self.load_picture: Callable[[str], QImage | None] | None = None
         self.strength_slider = named(
             QSlider(Qt.Orientation.Horizontal), "strengthSlider", "Strength slider"
@@ -179,6 +184,8 @@ class PromptPanel(QWidget):
             layout.addWidget(self.widgets[field], stretch)
             for widget in [*below, self._errors[field]]:
                 layout.addWidget(widget)
+        layout.addWidget(self.lora_list)
+        layout.addWidget(self._errors["loras"])
 
         def row(form: QFormLayout, title: str, *widgets: QWidget) -> None:
             """A labelled row (the first widget stretches), then the errors of its fields."""
@@ -307,6 +314,8 @@ class PromptPanel(QWidget):
                 self._wheel_filter.watch(widget)
         for widget in (self.guidance_slider, self.aspect, self.strength_slider):
             self._wheel_filter.watch(widget)
+        self.lora_list.changed.connect(self._changed.start)
+        self.lora_list.changed.connect(self._errors["loras"].hide)
 
     # ------------------------------------------------------------------ the form <-> params
 
@@ -318,6 +327,7 @@ class PromptPanel(QWidget):
         for name in ("strength", "hires_scale", "hires_strength", "slg_scale"):
             values[name] = round(values[name], 2)
         values["source_image"] = self.well.digest
+        values["loras"] = self.lora_list.refs()
         return GenerationParams(**values)
 
     def set_params(
@@ -340,6 +350,8 @@ class PromptPanel(QWidget):
         if "width" not in keep and "height" not in keep:
             self.set_size(params.width, params.height)
         self._set_source(params.source_image)
+        if "loras" not in keep:
+            self.lora_list.set_refs(params.loras)
 
     # ------------------------------------------------------------------ the source picture
 
@@ -471,7 +483,7 @@ class PromptPanel(QWidget):
                 continue
             shown.setText(f"{TITLES[error.field]} {error.message}")
             shown.show()
-            first = first or self.widgets[error.field]
+            first = first or self.widgets.get(error.field, self.lora_list)
         if general:
             self.form_error.setText("\n".join(general))
             self.form_error.show()
@@ -501,6 +513,7 @@ class PromptPanel(QWidget):
         data["random_seed"] = self.random_seed.isChecked()
         data["last_seed"] = self.last_seed
         data["advanced"] = self.advanced.isChecked()
+        data["lora_rows"] = self.lora_list.state()  # unticked ones too
         return data
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -508,7 +521,10 @@ class PromptPanel(QWidget):
         params = GenerationParams.from_dict(
             {k: v for k, v in data.items() if k not in ("random_seed", "last_seed", "advanced")}
         )
-        self.set_params(params)
+        rows = rows_from_state(data["lora_rows"]) if "lora_rows" in data else None
+        self.set_params(params, keep=("loras",) if rows is not None else ())
+        if rows is not None:
+            self.lora_list.restore(rows)
         self.random_seed.setChecked(random_seed)
         if isinstance(data.get("last_seed"), int):
             self.set_last_seed(data["last_seed"])

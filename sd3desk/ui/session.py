@@ -13,7 +13,7 @@ from typing import Any
 from PySide6.QtCore import QByteArray, QObject, QSettings, QTimer, Signal
 
 from sd3desk.core.atomic import atomic_write_bytes
-from sd3desk.core.errors import FieldError, InvalidParamsError
+from sd3desk.core.errors import FieldError, InvalidParamsError, SD3DeskError
 from sd3desk.core.jobs import Job
 from sd3desk.core.params import GenerationParams, ModelFamily, defaults_for, validate
 from sd3desk.core.settings import Settings, save_settings
@@ -27,6 +27,7 @@ FORM_SAVE_DELAY_MS = 1000
 # How long closing the window waits for a worker inside an import or a model load; then the
 # process ends without it (nothing is lost: see app.main)
 SHUTDOWN_WAIT_S = 2.0
+WHOLE_HASH = 64  # hex digits of a LoRA's resolved hash (core/loras.py)
 
 
 class Session(QObject):
@@ -145,7 +146,6 @@ class Session(QObject):
     def _offer(self, reference: str) -> None:
         """A model picked outside the catalog (`--model`, a file from the Models dialog) joins
         it, so every front door (the server too) may use it; headers only, no weights read."""
-        from sd3desk.core.errors import SD3DeskError
         from sd3desk.runtime.catalog import check_model
 
         if self.runtime.catalog.entry(reference) is None:
@@ -196,8 +196,9 @@ class Session(QObject):
 
     def submit(self, params: GenerationParams) -> Job:
         """Validate a request from the form (a model is required, the model's own size limit
-        applies) and queue it; raises InvalidParamsError naming every bad field."""
-        errors = self._errors(params)
+        applies, its LoRAs must be found) and queue it; raises InvalidParamsError naming every
+        bad field."""
+        params, errors = self._checked(params)
         if errors:
             raise InvalidParamsError(errors)
         return self.runtime.runner.enqueue(params)
@@ -205,11 +206,36 @@ class Session(QObject):
     def submit_many(self, requests: list[GenerationParams]) -> list[Job]:
         """Queue several requests (a batch file's) in one transaction, each checked as `submit`
         checks one; raises InvalidParamsError for the first bad one before queueing any."""
+        checked = []
         for params in requests:
-            errors = self._errors(params)
+            params, errors = self._checked(params)
             if errors:
                 raise InvalidParamsError(errors)
-        return self.runtime.runner.enqueue_many(requests)
+            checked.append(params)
+        return self.runtime.runner.enqueue_many(checked)
+
+    def with_lora_hashes(self, params: GenerationParams) -> GenerationParams:
+        """`params` with each LoRA named by its file's whole hash: an imported image's short
+        hash (or none) is matched in the LoRA folders, on this thread. The form's own rows carry
+        whole hashes already, so this hashes files only for a fresh import (once: cached).
+        InvalidParamsError under "loras" names a LoRA that is not there."""
+        if all(len(ref.hash) == WHOLE_HASH for ref in params.loras):
+            return params
+        try:
+            return params.replace(loras=self.runtime.loras.resolve(params.loras))
+        except SD3DeskError as exc:  # LoraNotFoundError, mostly
+            raise InvalidParamsError([FieldError("loras", exc.message)]) from exc
+        except OSError as exc:  # a file that went away while it was hashed
+            message = f"a LoRA file cannot be read: {exc.strerror or exc}"
+            raise InvalidParamsError([FieldError("loras", message)]) from exc
+
+    def _checked(self, params: GenerationParams) -> tuple[GenerationParams, list[FieldError]]:
+        """The request with its LoRAs resolved, and every problem with it."""
+        try:
+            resolved = self.with_lora_hashes(params)
+        except InvalidParamsError as exc:  # the other fields' problems are said too
+            return params, exc.errors + self._errors(params.replace(loras=()))
+        return resolved, self._errors(resolved)
 
     def _errors(self, params: GenerationParams) -> list[FieldError]:
         entry = self.runtime.catalog.entry(params.model)

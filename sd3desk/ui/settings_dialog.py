@@ -1,5 +1,5 @@
-"""Settings: output folder, device, memory plan, T5, theme, model and gallery folders, GPU
-workers, serving."""
+"""Settings: output folder, device, memory plan, T5, performance (fast mode), theme, model, LoRA
+and gallery folders, GPU workers, serving."""
 
 from __future__ import annotations
 
@@ -17,22 +17,23 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLineEdit,
     QListWidget,
+    QListWidgetItem,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from sd3desk.core.settings import Device, MemoryPlan, Settings, Theme
+from sd3desk.core.settings import (
+    PLAN_LABELS,
+    SPEED_LABELS,
+    SPEED_NOTE,
+    Device,
+    Settings,
+    Theme,
+)
 from sd3desk.ui.widgets import label, named, wrapping_label
 
-_PLAN_WORDS = {
-    MemoryPlan.auto: "Automatic (by free GPU memory)",
-    MemoryPlan.gpu: "Everything on the GPU (fastest)",
-    MemoryPlan.offload: "Offload: one part on the GPU at a time (~10 GB)",
-    MemoryPlan.sequential: "Sequential: layer by layer (slowest, ~3 GB)",
-    MemoryPlan.no_t5: "Everything on the GPU without T5 (~8 GB)",
-}
 _DEVICE_WORDS = {
     Device.auto: "Automatic (CUDA, then Apple GPU, then CPU)",
     Device.cuda: "NVIDIA GPU (CUDA)",
@@ -44,7 +45,13 @@ _DEVICE_WORDS = {
 class SettingsDialog(QDialog):
     """Edits a copy of Settings; `result_settings()` gives the edited one after accept()."""
 
-    def __init__(self, settings: Settings, default_output: str, parent: QWidget | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        default_output: str,
+        parent: QWidget | None = None,
+        lora_folder: str = "",
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.setObjectName("settingsDialog")
@@ -54,7 +61,13 @@ class SettingsDialog(QDialog):
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._choose_output)
         self.device = self._combo("deviceCombo", _DEVICE_WORDS, settings.device)
-        self.plan = self._combo("memoryPlanCombo", _PLAN_WORDS, settings.memory_plan)
+        self.plan = self._combo("memoryPlanCombo", PLAN_LABELS, settings.memory_plan)
+        self.plan.setToolTip(
+            "Which parts stay in 16-bit and which are stored smaller (8-bit, 4-bit, fp8) or "
+            "moved to the GPU part by part; Automatic takes the fastest that fits"
+        )
+        self.speed = self._combo("speedCombo", SPEED_LABELS, settings.speed)
+        self.speed.setToolTip(SPEED_NOTE)
         self.use_t5 = named(
             QCheckBox("Use the T5 text encoder (better prompt following; ~9 GB more memory)"),
             "useT5Check",
@@ -67,6 +80,17 @@ class SettingsDialog(QDialog):
         )
         self.model_dirs, model_dirs_box = self._folder_list(
             "modelDirsList", "Model folders", settings.model_dirs, "A folder with SD3 models"
+        )
+        self.lora_dirs, lora_dirs_box = self._folder_list(
+            "loraDirsList",
+            "LoRA folders",
+            settings.lora_dirs,
+            "A folder with LoRAs",
+            fixed=lora_folder,
+        )
+        self.lora_dirs.setToolTip(
+            "Where the form's “Add LoRA…” looks for LoRA .safetensors files (and subfolders, a "
+            "few levels deep); the data folder's own is always searched first"
         )
         self.gallery_dirs, gallery_dirs_box = self._folder_list(
             "galleryDirsList",
@@ -91,14 +115,17 @@ class SettingsDialog(QDialog):
         form.addRow("&Device", self.device)
         form.addRow("&Memory plan", self.plan)
         form.addRow("", self.use_t5)
+        form.addRow(label("&Performance", self.speed), self.speed)
         form.addRow("&Theme", self.theme)
         form.addRow(label("Model &folders", self.model_dirs), model_dirs_box)
+        form.addRow(label("Lo&RA folders", self.lora_dirs), lora_dirs_box)
         form.addRow(label("Ga&llery folders", self.gallery_dirs), gallery_dirs_box)
         form.addRow("&GPU workers", self.workers)
         serve = self._serve_box(settings)
         note = wrapping_label(
             "settingsNote",
-            "Device, memory plan and T5 apply at once (the model reloads); the output folder "
+            "Device, memory plan, T5 and performance apply at once (the model reloads); the "
+            "output folder "
             "and the number of GPU workers at the next start.",
         )
         buttons = QDialogButtonBox(
@@ -164,17 +191,24 @@ class SettingsDialog(QDialog):
             self.output.setText(folder)
 
     def _folder_list(
-        self, name: str, title: str, folders: tuple[str, ...], question: str
+        self, name: str, title: str, folders: tuple[str, ...], question: str, fixed: str = ""
     ) -> tuple[QListWidget, QVBoxLayout]:
-        """A list of folders with Add… and Remove buttons under it."""
+        """A list of folders with Add… and Remove buttons under it; `fixed`, a folder always
+        used, is listed first and can be neither selected nor removed."""
         folder_list = named(QListWidget(), name, title)
+        if fixed:
+            item = QListWidgetItem(f"{fixed}  (sd3desk's own, always searched)")
+            item.setData(Qt.ItemDataRole.UserRole, fixed)
+            item.setFlags(Qt.ItemFlag.NoItemFlags)  # shown greyed out: not an editable entry
+            folder_list.addItem(item)
         folder_list.addItems(list(folders))
         folder_list.setMaximumHeight(80)
         folder_list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
 
         def add() -> None:
             folder = QFileDialog.getExistingDirectory(self, question)
-            if folder and not folder_list.findItems(folder, Qt.MatchFlag.MatchExactly):
+            known = self._folders(folder_list) + ((fixed,) if fixed else ())
+            if folder and folder not in known:
                 folder_list.addItem(folder)
 
         def remove() -> None:
@@ -195,7 +229,9 @@ class SettingsDialog(QDialog):
 
     @staticmethod
     def _folders(folder_list: QListWidget) -> tuple[str, ...]:
-        return tuple(folder_list.item(i).text() for i in range(folder_list.count()))
+        """The folders the user listed (not a fixed one)."""
+        items = (folder_list.item(i) for i in range(folder_list.count()))
+        return tuple(item.text() for item in items if item.data(Qt.ItemDataRole.UserRole) is None)
 
     def result_settings(self) -> Settings:
         return dataclasses.replace(
@@ -204,8 +240,10 @@ class SettingsDialog(QDialog):
             device=self.device.currentData(),
             memory_plan=self.plan.currentData(),
             use_t5=self.use_t5.isChecked(),
+            speed=self.speed.currentData(),
             theme=self.theme.currentData(),
             model_dirs=self._folders(self.model_dirs),
+            lora_dirs=self._folders(self.lora_dirs),
             gallery_dirs=self._folders(self.gallery_dirs),
             gpu_workers=self.workers.value(),
             serve=self.serve.isChecked(),

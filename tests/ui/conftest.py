@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtGui import QWheelEvent
 
 from sd3desk.app import create_window
 
@@ -25,3 +27,17 @@ def open_window(qtbot):
     for window in windows:
         window.session.shutdown()
         window.close()
+
+
+def wheel_down(position: QPointF) -> QWheelEvent:
+    """One notch of the mouse wheel, down, over `position` (global coordinates)."""
+    return QWheelEvent(
+        QPointF(5, 5),
+        position,
+        QPoint(0, 0),
+        QPoint(0, -120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )

@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtGui import QGuiApplication
 
 from sd3desk.app import create_window
-from sd3desk.core.settings import Device, MemoryPlan, Settings, Theme, load_settings
+from sd3desk.core.settings import Device, MemoryPlan, Settings, Speed, Theme, load_settings
 from sd3desk.runtime.events import Level
 from sd3desk.runtime.notices import NoticeLog
 from sd3desk.ui.notices_dialog import NoticesDialog
@@ -32,7 +32,9 @@ def test_settings_dialog_edits_every_field(qtbot):
     qtbot.addWidget(dialog)
     dialog.output.setText("/pictures/sd3")
     dialog.device.setCurrentIndex(dialog.device.findData(Device.cpu))
-    dialog.plan.setCurrentIndex(dialog.plan.findData(MemoryPlan.offload))
+    dialog.plan.setCurrentIndex(dialog.plan.findData(MemoryPlan.t5_8bit))
+    dialog.speed.setCurrentIndex(dialog.speed.findData(Speed.fast))
+    assert dialog.plan.count() == len(MemoryPlan) and dialog.speed.count() == len(Speed)
     dialog.use_t5.setChecked(False)
     dialog.theme.setCurrentIndex(dialog.theme.findData(Theme.dark))
     dialog.model_dirs.addItem("/models/b")
@@ -42,7 +44,8 @@ def test_settings_dialog_edits_every_field(qtbot):
         before,
         output_dir="/pictures/sd3",
         device=Device.cpu,
-        memory_plan=MemoryPlan.offload,
+        memory_plan=MemoryPlan.t5_8bit,
+        speed=Speed.fast,
         use_t5=False,
         theme=Theme.dark,
         model_dirs=("/models/a", "/models/b"),

@@ -7,12 +7,12 @@ import json
 
 import pytest
 from PySide6.QtCore import QPoint, QPointF, Qt
-from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from sd3desk.app import create_window
 from sd3desk.core.params import GenerationParams, ModelFamily
 from sd3desk.runtime.catalog import ModelEntry
+from tests.ui.conftest import wheel_down
 
 LARGE = ModelEntry("SD3.5 Large", "/models/large", ModelFamily.sd35_large)
 LARGE_2 = ModelEntry("SD3.5 Large (second copy)", "/models/large-2", ModelFamily.sd35_large)
@@ -125,16 +125,7 @@ def test_the_wheel_over_an_unfocused_model_list_does_not_switch_models(open_wind
     combo = window.prompt_panel.model_combo
     before = combo.currentIndex()
     window.prompt_panel.prompt.setFocus()
-    wheel = QWheelEvent(
-        QPointF(5, 5),
-        QPointF(combo.mapToGlobal(QPoint(5, 5))),
-        QPoint(0, 0),
-        QPoint(0, -120),
-        Qt.MouseButton.NoButton,
-        Qt.KeyboardModifier.NoModifier,
-        Qt.ScrollPhase.NoScrollPhase,
-        False,
-    )
+    wheel = wheel_down(QPointF(combo.mapToGlobal(QPoint(5, 5))))
     QApplication.sendEvent(combo, wheel)
     assert combo.currentIndex() == before
 

@@ -28,7 +28,7 @@ def cuda(free_gib: float, capability: tuple[int, int] = (8, 6)) -> DeviceInfo:
 def libraries(monkeypatch):
     """Which quantization libraries count as installed (all, unless a test says otherwise)."""
     installed = {"bitsandbytes", "torchao"}
-    monkeypatch.setattr(quant, "_installed", lambda name: name in installed)
+    monkeypatch.setattr(quant, "installed", lambda name: name in installed)
     return installed
 
 

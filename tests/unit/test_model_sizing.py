@@ -71,9 +71,9 @@ def test_a_single_file_is_planned_with_the_encoders_it_borrows(tmp_path, monkeyp
     card = DeviceInfo("cuda", 0, "a 24 GB card", "bfloat16", 24 * GIB, 23 * GIB)
     sizes = {k: 2 * n for k, n in loaded.items()}
     assert own * 2 + 2 * GIB < card.free_bytes  # its own weights alone would have "fit"
-    monkeypatch.setattr(quant, "_installed", lambda name: False)  # 16-bit plans only
+    monkeypatch.setattr(quant, "installed", lambda name: False)  # 16-bit plans only
     assert resolve_plan(MemoryPlan.auto, card, sizes).placement is Placement.offload
-    monkeypatch.setattr(quant, "_installed", lambda name: True)  # then T5 in 8-bit fits
+    monkeypatch.setattr(quant, "installed", lambda name: True)  # then T5 in 8-bit fits
     assert resolve_plan(MemoryPlan.auto, card, sizes).t5_quant is quant.Quant.int8
 
 

@@ -63,6 +63,9 @@ class ImageMetadata:
     job: JobRef | None = None  # only in our own record
     missing: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the user should know when loading it (shown as it is)
+    # how sd3desk made it: device, memory plan, fast mode (our record only; not a setting of
+    # the request, and a re-run on another machine or plan may differ slightly)
+    made_with: tuple[tuple[str, str], ...] = ()
 
 
 def stated(values: dict[str, Any], **fields: Any) -> ImageMetadata:
@@ -87,6 +90,8 @@ def json_text(meta: ImageMetadata) -> str:
     }
     if meta.job is not None:
         record["job"] = {"queue": meta.job.queue, "id": meta.job.job, "image": meta.job.image}
+    if meta.made_with:
+        record["made_with"] = dict(meta.made_with)
     return json.dumps(record, ensure_ascii=False, sort_keys=True)
 
 
@@ -127,6 +132,15 @@ def from_record(record: Any) -> ImageMetadata:
         app_version=str(record.get("app_version", "")),
         source=FORMAT_KEY,
         job=_job_ref(record.get("job")),
+        made_with=_made_with(record.get("made_with")),
+    )
+
+
+def _made_with(found: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(found, dict):
+        return ()
+    return tuple(
+        (str(k)[:40], str(v)[:200]) for k, v in list(found.items())[:8] if isinstance(v, str)
     )
 
 
