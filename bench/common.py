@@ -61,6 +61,21 @@ def lighthouse_requests(model: str, count: int, steps: int) -> list[Any]:
     ]
 
 
+def gpu_request(steps: int, size: int) -> Any:
+    """The GPU benchmarks' request: SD3 Medium's guidance, a negative prompt (CFG on)."""
+    from sd3desk.core.params import GenerationParams
+
+    return GenerationParams(
+        "a lighthouse on a cliff at dusk, oil painting",
+        negative_prompt="blurry",
+        seed=1,
+        steps=steps,
+        guidance_scale=7.0,
+        width=size,
+        height=size,
+    )
+
+
 def bare_pipe_call(pipe: Any, params: Any) -> Any:
     """The plain diffusers call the engine is compared with: same request, same CPU-seeded noise."""
     import torch

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from common import gpu_request
 
 from sd3desk.core.params import GenerationParams
 from sd3desk.core.settings import Device, MemoryPlan
@@ -129,15 +130,7 @@ def main() -> None:
     gpu = "CPU (smoke)" if args.smoke else torch.cuda.get_device_name(0)
     ready = time.perf_counter() - started
     log(f"{gpu} · torch {torch.__version__} · model files ready in {ready:.0f} s")
-    params = GenerationParams(
-        "a lighthouse on a cliff at dusk, oil painting",
-        negative_prompt="blurry",
-        seed=1,
-        steps=args.steps,
-        guidance_scale=7.0,
-        width=args.size,
-        height=args.size,
-    )
+    params = gpu_request(args.steps, args.size)
     wanted = {int(n) for n in args.rows.split(",")} if args.rows else set(range(len(ROWS)))
     results: dict = {"gpu": gpu, "torch": torch.__version__, "rows": {}}
     base = None

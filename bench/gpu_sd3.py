@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from common import bare_pipe_call
+from common import bare_pipe_call, gpu_request
 
 from sd3desk.core.params import GenerationParams, ModelFamily
 from sd3desk.core.settings import Device
@@ -203,15 +203,7 @@ def main() -> None:
         log(f"built SD3 Medium-sized random pipeline in {results['build_s']} s")
         device, kind = pick_device(Device.cuda), Device.cuda
     source = ModelSource(ModelKind.folder, work, ModelFamily.sd3_medium, "random SD3 Medium", "")
-    params = GenerationParams(
-        "a lighthouse on a cliff at dusk, oil painting",
-        negative_prompt="blurry",
-        seed=1,
-        steps=args.steps,
-        guidance_scale=7.0,
-        width=args.size,
-        height=args.size,
-    )
+    params = gpu_request(args.steps, args.size)
     plans = [
         ("gpu", Placement.device, True, params),
         ("no-t5", Placement.device, False, params),

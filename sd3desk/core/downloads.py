@@ -22,6 +22,10 @@ from sd3desk.core.params import SD3_PIPELINE
 # second, and the window must open before anything heavy loads.
 
 DEFAULT_REPO = "stabilityai/stable-diffusion-3-medium-diffusers"
+# The tiny SD3 autoencoder (TAESD3, MIT licence) that makes previews look like the image, and the
+# files of it diffusers' AutoencoderTiny loads (the repo also holds the original .pth weights).
+PREVIEW_DECODER_REPO = "madebyollin/taesd3"
+PREVIEW_DECODER_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 MODEL_INDEX = "model_index.json"
 T5_ENCODER = "text_encoder_3"
 COMPONENTS = frozenset(
@@ -101,19 +105,10 @@ def plan_download(
     endpoint: str | None = None,
 ) -> DownloadPlan:
     """Ask Hugging Face which files make up `repo_id` and measure them against the cache."""
-    from huggingface_hub import HfApi
-
     repo_id = repo_id.strip()
-    token = _clean_token(token)
-    endpoint = _endpoint(endpoint)
-    _refuse_offline()
-    with _hub_errors(repo_id, endpoint, token):
-        info = HfApi(endpoint=endpoint, token=token).model_info(
-            repo_id, files_metadata=True, token=token
-        )
+    token, endpoint = _clean_token(token), _endpoint(endpoint)
+    info = _repo_info(repo_id, token, endpoint)
     siblings = info.siblings or []
-    if not info.sha:
-        raise DownloadError(f"Hugging Face did not say which revision of {repo_id} is current")
     if not any(s.rfilename == MODEL_INDEX for s in siblings):
         raise DownloadError(
             f"{repo_id} is not an SD3 diffusers model: it has no {MODEL_INDEX}",
@@ -128,6 +123,50 @@ def plan_download(
         )
 
     chosen = select_files([(s.rfilename, s.size or 0) for s in siblings], with_t5=with_t5)
+    return _measured_plan(repo_id, info, chosen, cache_dir)
+
+
+def plan_files_download(
+    repo_id: str,
+    files: tuple[str, ...],
+    *,
+    token: str | None = None,
+    cache_dir: str | Path | None = None,
+    endpoint: str | None = None,
+) -> DownloadPlan:
+    """Plan fetching the named `files` of a repo that is no SD3 pipeline (the preview decoder);
+    a file the repo does not have is a DownloadError."""
+    repo_id = repo_id.strip()
+    token, endpoint = _clean_token(token), _endpoint(endpoint)
+    info = _repo_info(repo_id, token, endpoint)
+    sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
+    missing = [path for path in files if path not in sizes]
+    if missing:
+        raise DownloadError(
+            f"{repo_id} has no {', '.join(missing)}", "the repo may have been reorganised"
+        )
+    return _measured_plan(repo_id, info, [(path, sizes[path]) for path in files], cache_dir)
+
+
+def _repo_info(repo_id: str, token: str | None, endpoint: str | None) -> Any:
+    """The Hub's file list of `repo_id` at its current revision (online only)."""
+    from huggingface_hub import HfApi
+
+    _refuse_offline()
+    with _hub_errors(repo_id, endpoint, token):
+        info = HfApi(endpoint=endpoint, token=token).model_info(
+            repo_id, files_metadata=True, token=token
+        )
+    if not info.sha:
+        raise DownloadError(f"Hugging Face did not say which revision of {repo_id} is current")
+    return info
+
+
+def _measured_plan(
+    repo_id: str, info: Any, chosen: list[tuple[str, int]], cache_dir: str | Path | None
+) -> DownloadPlan:
+    """The plan of `chosen` files at `info`'s revision, measured against the cache and disk."""
+    siblings = info.siblings or []
     etags = {s.rfilename: (s.lfs.sha256 if s.lfs else s.blob_id) for s in siblings}
     cache = _cache_root(cache_dir)
     storage = cache / _repo_folder(repo_id)

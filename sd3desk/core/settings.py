@@ -195,6 +195,8 @@ class Settings:
     # Workers sharing the queue, one per CUDA device (cuda:0, cuda:1, ...); 1 = off.
     gpu_workers: int = 1
     use_t5: bool = True  # off: prompts go through the two CLIP encoders only (saves ~9 GB)
+    # use TAESD3 for previews when it is on disk (else, or off: the linear x0 preview)
+    preview_decoder: bool = True
     theme: Theme = Theme.system
     speed: Speed = Speed.off
     # Serving the queue over HTTP from the window (File → Settings → Serve on this computer).
@@ -217,6 +219,7 @@ class Settings:
             "last_model": self.last_model,
             "gpu_workers": self.gpu_workers,
             "use_t5": self.use_t5,
+            "preview_decoder": self.preview_decoder,
             "theme": self.theme.value,
             "speed": self.speed.value,
             "serve": self.serve,
@@ -251,7 +254,7 @@ def _parse_setting(key: str, value: Any) -> Any:
         return Theme(value)
     if key == "speed":
         return Speed(value)
-    if key in ("use_t5", "serve"):
+    if key in ("use_t5", "preview_decoder", "serve"):
         if not isinstance(value, bool):
             raise TypeError(key)
         return value

@@ -1,12 +1,15 @@
 """Finding SD3 models and their missing parts on disk: the Hugging Face cache, the user's model
-folders, donors of text encoders and the T5 tokenizer. Pure Python (no torch)."""
+folders, donors of text encoders and the T5 tokenizer, the preview decoder. Pure Python (no
+torch)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
+from sd3desk.core.downloads import PREVIEW_DECODER_FILES, PREVIEW_DECODER_REPO
 from sd3desk.core.errors import ModelError
 from sd3desk.core.params import SD3_PIPELINE
 from sd3desk.inference.models import (
@@ -71,6 +74,34 @@ def find_t5_tokenizer(folders: list[Path]) -> Path | None:
         if (folder / "spiece.model").exists() or (folder / "tokenizer.json").exists():
             return folder
     return None
+
+
+def find_taesd3(model_dirs: list[Path] | tuple[Path, ...] = ()) -> Path | None:
+    """The tiny SD3 autoencoder for previews: the cached snapshot of madebyollin/taesd3 that
+    refs/main names (as the Models dialog downloads it), else a folder named taesd3 in (or
+    being) one of the user's model folders; None when none holds it whole."""
+    candidates: list[Path] = []
+    with contextlib.suppress(ModelError):
+        candidates.append(hub_snapshot(PREVIEW_DECODER_REPO))
+    for directory in map(Path, model_dirs):
+        candidates.append(directory / "taesd3")
+        if directory.name == "taesd3":
+            candidates.append(directory)
+    return next((folder for folder in candidates if _taesd3_folder(folder)), None)
+
+
+def _taesd3_folder(folder: Path) -> bool:
+    """Both files there, and a config of a 16-channel AutoencoderTiny (an SD1 or SDXL TAESD has
+    4 latent channels and could not decode SD3 latents)."""
+    if not all((folder / name).is_file() for name in PREVIEW_DECODER_FILES):
+        return False
+    try:
+        config = json.loads((folder / PREVIEW_DECODER_FILES[0]).read_text("utf-8"))
+        return (
+            config.get("_class_name") == "AutoencoderTiny" and config.get("latent_channels") == 16
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # ------------------------------------------------------------------ listing

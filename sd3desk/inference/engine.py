@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -51,11 +52,18 @@ from sd3desk.inference.devices import (
     place_pipeline,
     quiet_libraries,
     resolve_plan,
+    torch_dtype,
 )
 from sd3desk.inference.loading import LoadStage
 from sd3desk.inference.lora import LoraSet
 from sd3desk.inference.models import ModelKind, ModelSource
-from sd3desk.inference.preview import PreviewQueue, latents_to_rgb, predicted_x0
+from sd3desk.inference.preview import (
+    PreviewQueue,
+    decoded_rgb,
+    latents_to_rgb,
+    load_decoder,
+    predicted_x0,
+)
 from sd3desk.inference.quant import Quant, quantize_fp8
 from sd3desk.inference.speed import make_fast, use_compile_cache
 from sd3desk.inference.speed import unavailable as speed_unavailable
@@ -63,6 +71,7 @@ from sd3desk.inference.speed import unavailable as speed_unavailable
 # Above this many pixels the VAE decodes in tiles, so big images fit in modest VRAM.
 VAE_TILING_PIXELS = 1536 * 1536
 _LOAD_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def oom_advice(device: DeviceInfo, plan: ResolvedPlan | None = None) -> str:
@@ -107,10 +116,15 @@ class LoadedModel:
     plan: ResolvedPlan
     notices: tuple[str, ...] = ()
     speed: Speed = Speed.off
+    preview: str = "linear"  # how step previews are made: "linear" (x0 factors) or "taesd3"
 
     def describe(self) -> str:
         fast = "" if self.speed is Speed.off else f" · {self.speed.value}"
-        return f"{self.identity.name} on {self.device.describe()} · {self.plan.describe()}{fast}"
+        shown = " · TAESD3 previews" if self.preview == "taesd3" else ""
+        return (
+            f"{self.identity.name} on {self.device.describe()} · {self.plan.describe()}{fast}"
+            f"{shown}"
+        )
 
     def made_with(self) -> tuple[tuple[str, str], ...]:
         """How images are made, for their metadata (the request says what is made)."""
@@ -162,6 +176,10 @@ class Engine:
         self._picture_pipes: dict[str, Any] = {}  # img2img, inpaint: from_pipe of _pipe
         self._loras: LoraSet | None = None  # the LoRAs loaded into _pipe
         self._loaded: LoadedModel | None = None
+        # TAESD3 for previews: its folder as last set, and the decoder (None: linear previews);
+        # kept across models (it depends on the device only)
+        self._decoder_folder: Path | None = None
+        self._decoder: Any = None
 
     @property
     def loaded(self) -> LoadedModel | None:
@@ -222,7 +240,11 @@ class Engine:
                     model_dirs=self._model_dirs,
                     on_stage=on_stage,
                     storage=loading.Storage(
-                        resolved.t5_quant, resolved.mmdit_quant, device.torch_device
+                        resolved.t5_quant,
+                        resolved.mmdit_quant,
+                        device.torch_device,
+                        # all on a GPU: weights read straight onto it, no copy in RAM first
+                        direct=device.kind == "cuda" and resolved.placement is Placement.device,
                     ),
                 )
             resolved = replace(
@@ -282,8 +304,37 @@ class Engine:
         self._pipe = pipe
         self._picture_pipes.clear()
         self._loras = LoraSet(pipe)
-        self._loaded = LoadedModel(source, identity, self.device(), plan, tuple(notices), speed)
+        self._loaded = LoadedModel(
+            source, identity, self.device(), plan, tuple(notices), speed, self.preview_kind
+        )
         return self._loaded
+
+    @property
+    def preview_kind(self) -> str:
+        """How step previews are made now: "taesd3" or "linear"."""
+        return "linear" if self._decoder is None else "taesd3"
+
+    def set_preview_decoder(self, folder: Path | None) -> None:
+        """Make previews with the TAESD3 in `folder`, or with the linear x0 map (None). Loaded
+        here, once per folder (the worker calls this before each job); one that cannot be loaded
+        is logged and the linear previews stay: a preview never fails a job."""
+        if folder == self._decoder_folder:
+            return
+        self._decoder_folder, self._decoder = folder, None
+        if folder is not None:
+            device = self.device()
+            try:
+                with _LOAD_LOCK:  # (diffusers' loaders patch torch globally while they run)
+                    self._decoder = load_decoder(
+                        folder, device.torch_device, torch_dtype(device.dtype)
+                    )
+            except Exception as exc:
+                log.warning("linear previews: the preview decoder in %s failed: %s", folder, exc)
+        self._note_preview()
+
+    def _note_preview(self) -> None:
+        if self._loaded is not None and self._loaded.preview != self.preview_kind:
+            self._loaded = replace(self._loaded, preview=self.preview_kind)
 
     def warm_up(self, width: int, height: int) -> float:
         """In fast mode, compile for `width` x `height` now (two small steps, nothing kept),
@@ -597,13 +648,21 @@ class Engine:
         return _decode(self._pipe, latents[k : k + 1], params)
 
     def _preview_rgb(self, pipe: Any, current: Any, previous: Any) -> Any:
-        """The x0 prediction of the step just taken, as RGB at latent size (see preview.py):
-        the scheduler's step index says where in the schedule it was (a pass from a picture
-        starts part-way)."""
+        """The x0 prediction of the step just taken, as RGB (see preview.py): through TAESD3
+        when it is loaded, else at latent size by the linear map. The scheduler's step index
+        says where in the schedule it was (a pass from a picture starts part-way)."""
         previous = previous.to(device=current.device, dtype=current.dtype)
         sigmas = pipe.scheduler.sigmas.to(current.device)
         index = pipe.scheduler.step_index
-        return latents_to_rgb(predicted_x0(current, previous, sigmas[index], sigmas[index - 1])[0])
+        x0 = predicted_x0(current, previous, sigmas[index], sigmas[index - 1])
+        if self._decoder is not None:
+            try:
+                return decoded_rgb(self._decoder, x0)
+            except Exception as exc:  # (out of memory, an odd decoder: never the job's end)
+                log.warning("linear previews from now on: the preview decoder failed: %s", exc)
+                self._decoder = None
+                self._note_preview()
+        return latents_to_rgb(x0[0])
 
     def _require_pipe(self) -> Any:
         if self._pipe is None:

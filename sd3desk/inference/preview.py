@@ -1,8 +1,10 @@
-"""Cheap live previews: SD3 latents to RGB with a linear map, no VAE decode (~1 ms)."""
+"""Cheap live previews: SD3 latents to RGB with a linear map, no VAE decode (~1 ms), or through
+the tiny SD3 autoencoder (TAESD3) when it is on disk: previews that look like the image."""
 
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -77,6 +79,47 @@ def rgb_to_image(rgb: Any) -> Image.Image:
 def latents_to_image(latents: Any) -> Image.Image:
     """One latent [16, h, w] (any float dtype, any device) to an RGB preview at latent size."""
     return rgb_to_image(latents_to_rgb(latents).cpu())
+
+
+# A decoded preview is made at half the image's size, its longer side at most 512 px (about what
+# the window shows it at). TAESD's work grows with the pixels it makes: a full-size decode is
+# 2.4-3.5% of an SD3 Medium step's FLOPs from 512 to 1536 px, half the size at most 0.9%
+# (bench/preview_cost.py), which leaves room for convolutions running less efficiently than the
+# MMDiT's matmuls within the 2% of a GPU step a preview may take.
+DECODED_SCALE = 4  # preview pixels per latent pixel (the decoder itself makes 8)
+DECODED_MAX_SIDE = 512
+
+
+def load_decoder(folder: Path, device: Any, dtype: Any) -> Any:
+    """TAESD3 (diffusers' AutoencoderTiny) from `folder`, on `device` in `dtype`, for previews."""
+    from diffusers import AutoencoderTiny
+
+    decoder: Any = AutoencoderTiny.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    decoder.encoder = None  # half its weights, never used for previews
+    return decoder.to(device).eval().requires_grad_(False)
+
+
+def decoded_rgb(
+    decoder: Any, latents: Any, scale: int = DECODED_SCALE, max_side: int = DECODED_MAX_SIDE
+) -> Any:
+    """Latents [1, 16, h, w] in the pipeline's space through the tiny autoencoder, to uint8 RGB
+    [H, W, 3] on their device: `scale` x the latents' size, the longer side at most `max_side`."""
+    import torch
+    import torch.nn.functional as F
+
+    config = decoder.config
+    # What diffusers' SD3 pipeline hands its VAE (taesd3's config: scale 1, shift 0, since TAESD
+    # decodes the latents the model denoises as they are, see the taesd README)
+    z = latents / config.scaling_factor + config.shift_factor
+    upscale = config.upsampling_scaling_factor ** (len(config.decoder_block_out_channels) - 1)
+    height, width = z.shape[-2:]
+    shrink = min(scale * max(height, width), max_side) / (upscale * max(height, width))
+    if shrink < 1:
+        # Shrink the latents, not the picture: the decoder makes the preview's pixels only
+        size = [max(1, round(side * shrink)) for side in (height, width)]
+        z = F.interpolate(z.float(), size=size, mode="area")
+    rgb = decoder.decode(z.to(decoder.dtype), return_dict=False)[0][0]  # [3, H, W] in [-1, 1]
+    return ((rgb.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
 
 
 class PreviewQueue:

@@ -4,6 +4,7 @@ model from a path the catalog did not check."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,8 @@ from sd3desk.runtime.background import Background
 
 if TYPE_CHECKING:  # (the model modules load with the first search, off the GUI thread)
     from sd3desk.inference.models import ModelSource
+
+log = logging.getLogger(__name__)
 
 TEST_REFERENCE = "test"
 TEST_LABEL = "Test model (random weights: noise)"
@@ -56,6 +59,14 @@ def _entry(source: ModelSource) -> ModelEntry:
     )
 
 
+def find_preview_decoder(model_dirs: tuple[Path, ...]) -> Path | None:
+    """TAESD3's folder when it is on disk (the Hugging Face cache or a model folder), the one
+    the workers will preview with; None otherwise. Reads a few small files."""
+    from sd3desk.inference.discovery import find_taesd3
+
+    return find_taesd3(model_dirs)
+
+
 def check_model(path: str) -> ModelEntry:
     """The model at `path` (a file or folder), checked by its headers only; raises ModelError
     (or RefusedFormatError) saying what is wrong with it."""
@@ -72,6 +83,7 @@ class ModelCatalog(QObject):
     """
 
     found = Signal(object, object)  # list[ModelEntry] (the test model included), list[str]
+    preview_decoder_found = Signal(object)  # TAESD3's folder (a Path), or None: not on disk
 
     def __init__(self, model_dirs: tuple[Path, ...] = (), pool: QThreadPool | None = None):
         super().__init__()
@@ -82,10 +94,18 @@ class ModelCatalog(QObject):
         self._search = Background(self, pool=pool, newest_wins=True)
         self._search.finished.connect(self._on_search_finished)
         self._search.failed.connect(self._on_search_failed)
+        self._decoder_search = Background(self, pool=pool, newest_wins=True)
+        self._decoder_search.finished.connect(self._on_decoder_search_finished)
+        self._decoder_search.failed.connect(self._on_decoder_search_failed)
 
     def refresh(self) -> None:
         dirs = self.model_dirs
         self._search.submit(lambda: find_models(dirs))
+
+    def look_for_preview_decoder(self) -> None:
+        """Whether TAESD3 is on disk, looked up on a pool thread: `preview_decoder_found`."""
+        dirs = self.model_dirs
+        self._decoder_search.submit(lambda: find_preview_decoder(dirs))
 
     def entry(self, reference: str) -> ModelEntry | None:
         return next((e for e in self.all_entries() if e.reference == reference), None)
@@ -108,6 +128,14 @@ class ModelCatalog(QObject):
         self.entries, problems = result
         self.searched = True
         self.found.emit(self.all_entries(), problems)
+
+    def _on_decoder_search_finished(self, _key: object, folder: Path | None) -> None:
+        self.preview_decoder_found.emit(folder)
+
+    def _on_decoder_search_failed(self, _key: object, exc: Exception) -> None:
+        # (an unreadable folder: the previews stay linear, nothing else breaks)
+        log.warning("looking for the preview decoder failed: %s", exc)
+        self.preview_decoder_found.emit(None)
 
     def _on_search_failed(self, _key: object, exc: Exception) -> None:
         # a broken folder must not stop the app: say so, keep what was found before

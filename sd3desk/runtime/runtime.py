@@ -143,6 +143,7 @@ class Runtime:
             sources_dir=self.paths.sources,
             lora_dirs=self.loras.folders,
             speed=s.speed,
+            preview_decoder=s.preview_decoder,
         )
 
     # ------------------------------------------------------------------ life
@@ -195,7 +196,9 @@ class Runtime:
         self.loras.folders = lora_dirs(self.paths, settings)
         engine_fields = ("device", "memory_plan", "use_t5", "model_dirs", "speed")
         changed = any(getattr(old, f) != getattr(settings, f) for f in engine_fields)
-        if changed or old.lora_dirs != settings.lora_dirs:  # (new LoRA folders: no reload)
+        # (new LoRA folders or another preview decoder: the workers take them without a reload)
+        quiet = ("lora_dirs", "preview_decoder")
+        if changed or any(getattr(old, f) != getattr(settings, f) for f in quiet):
             for worker in self.runner.workers:
                 worker.reconfigure(self.worker_config(worker.index))
             self.catalog.model_dirs = self.model_dirs()

@@ -93,6 +93,7 @@ class WorkerConfig:
     use_t5: bool = True
     lora_dirs: tuple[Path, ...] = ()  # where the LoRAs jobs name are found (by hash)
     speed: Speed = Speed.off  # fast mode (inference/speed.py)
+    preview_decoder: bool = True  # TAESD3 previews when it is on disk (no reload to change)
 
 
 EngineFactory = Callable[[WorkerConfig], "Engine"]
@@ -313,7 +314,9 @@ class Worker(QObject):
         engine = self._ensure_model(job.params.model)
         if cancel.is_set():
             raise GenerationCancelled(0)
-        # 3. generate, reporting every step
+        # 3. generate, reporting every step (previews through TAESD3 when it is there: looked
+        # up per job, so one downloaded meanwhile is used from the next job on)
+        engine.set_preview_decoder(self._preview_decoder())
         warnings = engine.prompt_length(
             job.params.prompt, job.params.max_sequence_length
         ).warnings()
@@ -347,6 +350,15 @@ class Worker(QObject):
         self._ready(notices=result.notices)
         per_step = result.timings.get("denoise_s", 0.0) / max(job.params.steps, 1)
         return JobFinished(job.id, outputs, per_step, dict(result.timings))
+
+    def _preview_decoder(self) -> Path | None:
+        """TAESD3's folder when the setting is on and it is on disk (a few stats and a small
+        JSON file: well under a millisecond)."""
+        if not self.config.preview_decoder:
+            return None
+        from sd3desk.inference.discovery import find_taesd3
+
+        return find_taesd3(self.config.model_dirs)
 
     def _pictures(self, params: Any) -> tuple[Any, Any]:
         """The source picture and mask a job names, from the data folder's store; a picture

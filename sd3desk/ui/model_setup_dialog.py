@@ -1,5 +1,5 @@
 """Getting a model: ones already on disk, a local file or folder, a Hugging Face download, or
-the tiny test model."""
+the tiny test model; and the preview decoder (TAESD3, ui/preview_decoder_box.py)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from sd3desk.core.downloads import (  # (huggingface_hub itself loads on first u
 from sd3desk.core.errors import SD3DeskError
 from sd3desk.runtime.background import Background, Report
 from sd3desk.runtime.catalog import TEST_ENTRY, ModelCatalog, ModelEntry, check_model
+from sd3desk.ui.preview_decoder_box import PreviewDecoderBox
 from sd3desk.ui.theme import Tone, tone_style
 from sd3desk.ui.widgets import named, wrapping_label
 
@@ -93,6 +94,8 @@ class ModelSetupDialog(QDialog):
         layout.addWidget(self._local_box())
         layout.addWidget(self._download_box())
         layout.addWidget(self._test_box())
+        self.preview_box = PreviewDecoderBox(catalog, endpoint, cache_dir)
+        layout.addWidget(self.preview_box)
         layout.addStretch(1)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
@@ -248,7 +251,7 @@ class ModelSetupDialog(QDialog):
     def start_download(self, plan_only: bool = False) -> None:
         """Plan (sizes, free disk, token check) and, unless `plan_only`, download, off the GUI
         thread."""
-        if self.busy():
+        if self._download.busy:
             return
         repo, token = self.repo.text().strip(), self.token.text().strip() or None
         with_t5 = self.with_t5.isChecked()
@@ -263,7 +266,8 @@ class ModelSetupDialog(QDialog):
         )
 
     def cancel(self) -> None:
-        if self._cancel is not None and self.busy():
+        self.preview_box.cancel()
+        if self._cancel is not None and self._download.busy:
             self._cancel.set()
             self.size_label.setText("Cancelling…")
 
@@ -320,7 +324,7 @@ class ModelSetupDialog(QDialog):
         self.download_error.show()
 
     def busy(self) -> bool:
-        return self._download.busy
+        return self._download.busy or self.preview_box.busy()
 
     # ------------------------------------------------------------------ 4. the test model
 
@@ -351,6 +355,7 @@ class ModelSetupDialog(QDialog):
     def done(self, result: int) -> None:
         if self._cancel is not None:
             self._cancel.set()
+        self.preview_box.cancel()
         super().done(result)
 
 

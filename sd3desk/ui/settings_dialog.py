@@ -1,5 +1,5 @@
-"""Settings: output folder, device, memory plan, T5, performance (fast mode), theme, model, LoRA
-and gallery folders, GPU workers, serving."""
+"""Settings: output folder, device, memory plan, T5, previews, performance (fast mode), theme,
+model, LoRA and gallery folders, GPU workers, serving."""
 
 from __future__ import annotations
 
@@ -73,6 +73,16 @@ class SettingsDialog(QDialog):
             "useT5Check",
         )
         self.use_t5.setChecked(settings.use_t5)
+        self.preview_decoder = named(
+            QCheckBox("Previews that look like the image (TAESD3, once downloaded in Models)"),
+            "previewDecoderCheck",
+        )
+        self.preview_decoder.setChecked(settings.preview_decoder)
+        self.preview_decoder.setToolTip(
+            "Decodes each step's preview with the tiny SD3 autoencoder (~10 MB, File → Models) "
+            "instead of a colour approximation; images are the same either way. From the next "
+            "job on, without reloading the model"
+        )
         self.theme = self._combo(
             "themeCombo",
             {Theme.system: "System", Theme.light: "Light", Theme.dark: "Dark"},
@@ -115,6 +125,7 @@ class SettingsDialog(QDialog):
         form.addRow("&Device", self.device)
         form.addRow("&Memory plan", self.plan)
         form.addRow("", self.use_t5)
+        form.addRow("", self.preview_decoder)
         form.addRow(label("&Performance", self.speed), self.speed)
         form.addRow("&Theme", self.theme)
         form.addRow(label("Model &folders", self.model_dirs), model_dirs_box)
@@ -240,6 +251,7 @@ class SettingsDialog(QDialog):
             device=self.device.currentData(),
             memory_plan=self.plan.currentData(),
             use_t5=self.use_t5.isChecked(),
+            preview_decoder=self.preview_decoder.isChecked(),
             speed=self.speed.currentData(),
             theme=self.theme.currentData(),
             model_dirs=self._folders(self.model_dirs),

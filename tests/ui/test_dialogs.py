@@ -36,6 +36,8 @@ def test_settings_dialog_edits_every_field(qtbot):
     dialog.speed.setCurrentIndex(dialog.speed.findData(Speed.fast))
     assert dialog.plan.count() == len(MemoryPlan) and dialog.speed.count() == len(Speed)
     dialog.use_t5.setChecked(False)
+    assert dialog.preview_decoder.isChecked()
+    dialog.preview_decoder.setChecked(False)
     dialog.theme.setCurrentIndex(dialog.theme.findData(Theme.dark))
     dialog.model_dirs.addItem("/models/b")
     dialog.workers.setValue(2)
@@ -47,6 +49,7 @@ def test_settings_dialog_edits_every_field(qtbot):
         memory_plan=MemoryPlan.t5_8bit,
         speed=Speed.fast,
         use_t5=False,
+        preview_decoder=False,
         theme=Theme.dark,
         model_dirs=("/models/a", "/models/b"),
         gpu_workers=2,

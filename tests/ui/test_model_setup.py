@@ -17,13 +17,17 @@ import pytest
 from fakehub import GOOD_TOKEN, SERVED_CHUNK, FakeHub, FakeRepo, python_threads
 from PySide6.QtCore import Qt, QThreadPool
 from PySide6.QtWidgets import QPushButton
+from tinytaesd import cache_taesd3, write_tiny_taesd3
 
 from sd3desk.core import downloads
+from sd3desk.core.downloads import PREVIEW_DECODER_REPO
 from sd3desk.core.errors import ModelError
+from sd3desk.inference.discovery import find_taesd3
 from sd3desk.inference.models import ModelKind, resolve_model
 from sd3desk.runtime.catalog import ModelCatalog
 from sd3desk.ui import model_setup_dialog
 from sd3desk.ui.model_setup_dialog import ModelSetupDialog
+from sd3desk.ui.preview_decoder_box import ON_DISK
 
 TINY = "test/tiny-sd3"
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"  # the tiny model's biggest file
@@ -390,3 +394,73 @@ def test_closing_the_dialog_mid_download_cancels_without_waiting(qtbot, monkeypa
     release.set()
     for thread in [t for t in threading.enumerate() if t.name.startswith("sd3desk-background")]:
         thread.join(5)
+
+
+# ---------------------------------------------------------------- the preview decoder (TAESD3)
+
+
+TAESD_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def tiny_taesd3(tmp_path_factory) -> Path:
+    return write_tiny_taesd3(tmp_path_factory.mktemp("taesd3") / "built")
+
+
+@pytest.fixture
+def taesd3_hub(hub: FakeHub, tiny_taesd3: Path) -> FakeHub:
+    """The fake Hub also serving the tiny decoder as madebyollin/taesd3, with the extras the real
+    repo carries (the original .pth weights, a README) that must stay behind."""
+    files = FakeRepo.from_folder(tiny_taesd3).files
+    files |= {"taesd3_decoder.pth": b"pickle" * 100, "README.md": b"# TAESD3\n"}
+    hub.repos[PREVIEW_DECODER_REPO] = FakeRepo(files)
+    return hub
+
+
+def test_the_decoder_is_downloaded_and_then_said_to_be_on_disk(qtbot, open_dialog, taesd3_hub):
+    dialog = open_dialog(endpoint=taesd3_hub.url)
+    box = dialog.preview_box
+    qtbot.waitUntil(lambda: box.button.isVisible(), timeout=TIMEOUT_MS)  # looked: not there
+    assert box.button.text() == "Download the preview decoder (TAESD3, ~10 MB)"
+    assert box.note.text() != ON_DISK
+    progress: list[int] = []
+    box.progress.valueChanged.connect(progress.append)
+
+    qtbot.mouseClick(box.button, LEFT)
+    assert dialog.busy() and not box.button.isEnabled()
+    qtbot.waitUntil(lambda: box.note.text() == ON_DISK, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not dialog.busy(), timeout=TIMEOUT_MS)
+
+    assert box.button.isHidden() and box.error.isHidden() and dialog.isVisible()
+    assert progress and progress[-1] == 1000
+    folder = find_taesd3()
+    assert folder is not None and folder.is_relative_to(hub_cache())
+    assert box.note.toolTip() == str(folder)
+    served = taesd3_hub.repos[PREVIEW_DECODER_REPO]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", TAESD_WEIGHTS]
+    assert (folder / TAESD_WEIGHTS).read_bytes() == served.files[TAESD_WEIGHTS]
+    assert (folder.parent.parent / "refs" / "main").read_text() == served.sha
+    assert sorted(p.rpartition("/")[2] for p in taesd3_hub.file_gets()) == [
+        "config.json",
+        TAESD_WEIGHTS,
+    ]
+
+
+def test_a_decoder_on_disk_is_said_so_at_once(qtbot, open_dialog, hub, tiny_taesd3):
+    cache_taesd3(hub_cache(), tiny_taesd3)
+    dialog = open_dialog(endpoint=hub.url)
+    qtbot.waitUntil(lambda: dialog.preview_box.note.text() == ON_DISK, timeout=TIMEOUT_MS)
+    assert dialog.preview_box.button.isHidden()
+    assert hub.log == []  # nothing was asked of the Hub
+
+
+def test_a_failed_download_says_why_and_installs_nothing(qtbot, open_dialog, hub):
+    dialog = open_dialog(endpoint=hub.url)  # a Hub without the repo
+    box = dialog.preview_box
+    qtbot.waitUntil(lambda: box.button.isVisible(), timeout=TIMEOUT_MS)
+    qtbot.mouseClick(box.button, LEFT)
+    qtbot.waitUntil(lambda: box.error.isVisible(), timeout=TIMEOUT_MS)
+    assert "not found" in box.error.text()
+    qtbot.waitUntil(lambda: not dialog.busy(), timeout=TIMEOUT_MS)
+    assert box.button.isEnabled() and box.progress.isHidden()
+    assert find_taesd3() is None
