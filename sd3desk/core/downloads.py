@@ -148,7 +148,7 @@ def plan_files_download(
     return _measured_plan(repo_id, info, [(path, sizes[path]) for path in files], cache_dir)
 
 
-def _repo_info(repo_id: str, token: str | None, endpoint: str | None) -> Any:
+def _repo_info(repo_id: str, token: str | None, endpoint: str) -> Any:
     """The Hub's file list of `repo_id` at its current revision (online only)."""
     from huggingface_hub import HfApi
 

@@ -176,6 +176,8 @@ class Engine:
         self._picture_pipes: dict[str, Any] = {}  # img2img, inpaint: from_pipe of _pipe
         self._loras: LoraSet | None = None  # the LoRAs loaded into _pipe
         self._loaded: LoadedModel | None = None
+        self._key: tuple = ()  # what load() was asked for: a switch back finds it parked
+        self._parked: _Parked | None = None  # the model before the last switch, in RAM
         # TAESD3 for previews: its folder as last set, and the decoder (None: linear previews);
         # kept across models (it depends on the device only)
         self._decoder_folder: Path | None = None
@@ -226,8 +228,15 @@ class Engine:
         resolved = resolve_plan(
             plan, device, sizes, has_t5=use_t5, mmdit_quantizable=source.kind is not ModelKind.gguf
         )
-        # 2. free the previous model before reading the next one
-        self.unload()
+        # 2. the model parked by the last switch comes back from RAM if it is this one;
+        # otherwise the previous model is parked (RAM allowing) or freed before reading
+        key = (source, plan, use_t5, speed)
+        parked, self._parked = self._parked, None
+        self._park(sum(sizes.values()))
+        if parked is not None and parked.key == key:
+            return self._unpark(parked)
+        del parked  # (another model: its memory goes back)
+        free_memory(device)
         try:
             # 3. read every component through diffusers/transformers, offline; one load at a
             # time per process, because their loaders patch torch globally while they run
@@ -281,7 +290,55 @@ class Engine:
                 "the files may be incomplete or of an unsupported variant",
                 path=str(source.path),
             ) from exc
-        return self.attach(pipe, source, resolved, notices, speed)
+        loaded = self.attach(pipe, source, resolved, notices, speed)
+        self._key = key
+        return loaded
+
+    def _park(self, next_bytes: int) -> None:
+        """Keep the loaded model in RAM (pinned, from a GPU) for a switch back, when it sits
+        all on the device in 16-bit and RAM has room for it beside what comes next;
+        otherwise unload it."""
+        loaded = self._loaded
+        if loaded is None:
+            return
+        device = loaded.device
+        size = sum(p.numel() * p.element_size() for p in _parameters(self._pipe))
+        # a GPU model moves to RAM; on the CPU it is there already and the next one joins it
+        needed = size if device.kind == "cuda" else next_bytes
+        room = available_ram() - needed - PARK_RESERVE
+        keep = (
+            device.kind in ("cuda", "cpu")
+            and loaded.plan.placement is Placement.device
+            and not loaded.plan.quantized
+            and loaded.source.kind is not ModelKind.gguf
+            and room > 0
+        )
+        if not keep:
+            self.unload()
+            return
+        if device.kind == "cuda":
+            _to_pinned_host(self._pipe)
+        self._parked = _Parked(
+            self._key,
+            self._pipe,
+            loaded,
+            self._loras,
+            dict(self._picture_pipes),
+            self._prompt_cache.copy(),
+        )
+        self._pipe, self._loaded, self._loras = None, None, None
+        self._picture_pipes.clear()
+        self._prompt_cache.clear()
+
+    def _unpark(self, parked: _Parked) -> LoadedModel:
+        """The parked model back on its device, as it was (LoRAs, prompt cache and all)."""
+        if parked.loaded.device.kind == "cuda":
+            _to_device(parked.pipe, parked.loaded.device.torch_device)
+        self._pipe, self._loaded, self._loras = parked.pipe, parked.loaded, parked.loras
+        self._picture_pipes.update(parked.picture_pipes)
+        self._prompt_cache.update(parked.prompt_cache)
+        self._key = parked.key
+        return parked.loaded
 
     def attach(
         self,
@@ -350,8 +407,10 @@ class Engine:
         return time.perf_counter() - started
 
     def unload(self) -> None:
-        """Drop the model and give its memory back."""
+        """Drop the model (and one parked from the last switch) and give its memory back."""
+        self._parked = None
         if self._pipe is None:
+            free_memory(self._device)
             return
         self._pipe = None
         self._picture_pipes.clear()
@@ -783,3 +842,52 @@ def _decode(pipe: Any, latents: Any, params: GenerationParams) -> Image.Image:
     latents = latents / vae.config.scaling_factor + vae.config.shift_factor
     decoded = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
     return pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+
+
+# RAM left free when a model is parked (the rest of the app, the next model's loading)
+PARK_RESERVE = 4 * GIB
+
+
+@dataclass
+class _Parked:
+    """A model kept in RAM after a switch, with everything made for it."""
+
+    key: tuple
+    pipe: Any
+    loaded: LoadedModel
+    loras: LoraSet | None
+    picture_pipes: dict[str, Any]
+    prompt_cache: OrderedDict[tuple, tuple]
+
+
+def available_ram() -> int:
+    """Bytes of RAM the system can give without swapping."""
+    import psutil  # (accelerate's dependency)
+
+    return int(psutil.virtual_memory().available)
+
+
+def _modules(pipe: Any) -> list[Any]:
+    import torch
+
+    return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+
+
+def _parameters(pipe: Any) -> list[Any]:
+    return [t for m in _modules(pipe) for t in (*m.parameters(), *m.buffers())]
+
+
+def _to_pinned_host(pipe: Any) -> None:
+    """Every weight to page-locked RAM: the way back to the GPU then runs at the bus's speed."""
+    for module in _modules(pipe):
+        module.to("cpu")
+        for tensor in (*module.parameters(), *module.buffers()):
+            tensor.data = tensor.data.pin_memory()
+
+
+def _to_device(pipe: Any, device: str) -> None:
+    import torch
+
+    for module in _modules(pipe):
+        module.to(device, non_blocking=True)
+    torch.cuda.synchronize()

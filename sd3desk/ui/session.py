@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QObject, QSettings, QTimer, Signal
+from PySide6.QtCore import QByteArray, QObject, QSettings, QThreadPool, QTimer, Signal
 
 from sd3desk.core.atomic import atomic_write_bytes
 from sd3desk.core.errors import FieldError, InvalidParamsError, SD3DeskError
@@ -98,7 +99,13 @@ class Session(QObject):
             return
         self._stopped = True
         self._write_pending_form()
-        self.stuck = not self.runtime.stop(SHUTDOWN_WAIT_S)
+        started = time.monotonic()
+        stopped = self.runtime.stop(SHUTDOWN_WAIT_S)
+        # background work (a model or decoder search, thumbnails) finishes within what is left
+        # of the wait; past it, the process must end without it (app.main: `stuck`)
+        left = max(0.0, SHUTDOWN_WAIT_S - (time.monotonic() - started))
+        idle = QThreadPool.globalInstance().waitForDone(int(left * 1000))
+        self.stuck = not (stopped and idle)
 
     # ------------------------------------------------------------------ models
 
