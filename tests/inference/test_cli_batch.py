@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sd3desk.core.metadata import read_metadata
@@ -173,3 +174,45 @@ def test_two_machines_each_with_its_own_data_folder_share_a_batch(tmp_path):
     assert [launch.returncode for launch in launches] == [0, 0], errors[1][-3000:]
     assert "batch: 4 of 4 jobs done" in errors[0]
     assert [e["index"] for e in manifest(tmp_path / "shared")] == [0, 1, 2, 3]
+
+
+def slurm_is_up() -> bool:
+    import shutil
+
+    if not shutil.which("srun"):
+        return False
+    found = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return found.returncode == 0 and any(
+        state in found.stdout for state in ("idle", "mix", "alloc")
+    )
+
+
+@pytest.mark.skipif(not slurm_is_up(), reason="no Slurm here (tools/local_slurm.sh starts one)")
+def test_the_readme_slurm_recipe_under_srun(tmp_path):
+    """The README's Slurm recipe, as written but for one node of this machine without GPUs:
+    `srun` starts the tasks, each takes its rank from SLURM_PROCID/SLURM_NTASKS, the first
+    merges the manifest; run again, it finds every job done."""
+    import socket
+
+    batch = tmp_path / "prompts.txt"
+    batch.write_text("a fox in snow\na lighthouse\n# a comment\na {red|blue} boat\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "shared" / "run1"
+    script = (
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1) '
+        f"MASTER_PORT={port} sd3desk --data-dir {tmp_path / 'data'} batch {batch} "
+        f"--model test --steps 2 --out {out}"
+    )
+    command = ["srun", "--nodes=1", "--ntasks-per-node=2", "bash", "-c", script]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "process 1 of 2" in first.stderr and "process 2 of 2" in first.stderr
+    assert "batch: 4 of 4 jobs done" in first.stderr
+    assert [e["index"] for e in manifest(out)] == [0, 1, 2, 3]
+    assert len(list(out.rglob("*.png"))) == 4
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and "4 done before, 0 to make" in again.stderr
