@@ -203,17 +203,19 @@ class SettingsDialog(QDialog):
 
     def _folder_list(
         self, name: str, title: str, folders: tuple[str, ...], question: str, fixed: str = ""
-    ) -> tuple[QListWidget, QVBoxLayout]:
-        """A list of folders with Add… and Remove buttons under it; `fixed`, a folder always
-        used, is listed first and can be neither selected nor removed."""
+    ) -> tuple[QListWidget, QHBoxLayout]:
+        """A list of folders with Add… and Remove buttons beside it (the dialog stays short
+        enough for a laptop's screen); `fixed`, a folder always used, is listed first and can
+        be neither selected nor removed."""
         folder_list = named(QListWidget(), name, title)
         if fixed:
-            item = QListWidgetItem(f"{fixed}  (sd3desk's own, always searched)")
+            item = QListWidgetItem(f"{fixed}  (sd3desk's own)")
+            item.setToolTip(f"{fixed}: sd3desk's own folder, always searched")
             item.setData(Qt.ItemDataRole.UserRole, fixed)
             item.setFlags(Qt.ItemFlag.NoItemFlags)  # shown greyed out: not an editable entry
             folder_list.addItem(item)
         folder_list.addItems(list(folders))
-        folder_list.setMaximumHeight(80)
+        folder_list.setMaximumHeight(72)
         folder_list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
 
         def add() -> None:
@@ -229,12 +231,12 @@ class SettingsDialog(QDialog):
         add_button, remove_button = QPushButton("Add…"), QPushButton("Remove")
         add_button.clicked.connect(add)
         remove_button.clicked.connect(remove)
-        buttons = QHBoxLayout()
+        buttons = QVBoxLayout()
         buttons.addWidget(add_button)
         buttons.addWidget(remove_button)
         buttons.addStretch(1)
-        box = QVBoxLayout()
-        box.addWidget(folder_list)
+        box = QHBoxLayout()
+        box.addWidget(folder_list, 1)
         box.addLayout(buttons)
         return folder_list, box
 

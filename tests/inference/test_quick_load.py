@@ -45,9 +45,4 @@ def test_a_load_reports_the_bytes_it_read_and_the_rate(tiny_model_dir, cache_dir
     for part in parts:
         assert read[part] == sum(w.stat().st_size for w in loaded_weights(tiny_model_dir / part))
     (said,) = [n for n in notices if n.startswith("read ")]
-    rate = r"[\d.]+ [kMG]?B/s"
-    assert re.fullmatch(
-        rf"read [\d.]+ [kMG]?B in [\d.]+ s \({rate}\): CLIP-L .*\({rate}\), "
-        rf"CLIP-G .*, T5 .*, MMDiT [\d.]+ [kMG]?B \({rate}\), VAE .*",
-        said,
-    ), said
+    assert re.fullmatch(r"read [\d.]+ [MG]B in [\d.]+ s \([\d.]+ [MG]B/s\)", said), said
