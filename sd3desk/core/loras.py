@@ -419,7 +419,8 @@ class LoraLibrary:
         known = [
             Path(key)
             for key, entry in hashed.items()
-            if isinstance(entry, dict) and str(entry.get("tensors", "")).startswith(ref.hash)
+            if isinstance(entry, dict)
+            and str(entry.get("tensors", "")).startswith(ref.hash.lower())
         ]
         yield from (p for p in known if p not in named and p.is_file())
         yield from (p for p in files if p not in named and p not in known)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -276,10 +276,12 @@ def resolve_plan(
     has_t5: bool = True,
     *,
     mmdit_quantizable: bool = True,
+    t5_quantizable: bool = True,
 ) -> ResolvedPlan:
     """Turn the user's plan into a concrete one. `component_bytes` are weight sizes at the
     device's dtype (a GGUF MMDiT at its file size: `mmdit_quantizable` False, it stays as it
-    is). `auto` on a GPU takes the fastest plan whose weights fit the free memory with
+    is; `t5_quantizable` False: a single file's T5 with no diffusers folder to read it from
+    quantized). `auto` on a GPU takes the fastest plan whose weights fit the free memory with
     headroom (16-bit, then T5 in 8-bit, T5 in 4-bit, the MMDiT in fp8 or 4-bit: only those
     this device and the installed libraries can run), else offloads whole components, else
     streams layers."""
@@ -296,6 +298,11 @@ def resolve_plan(
     if plan in PLAN_QUANTS:
         resolved = _quantized(plan, device, use_t5, mmdit_quantizable)
         why = _why_not(resolved, device)
+        if not why and resolved.t5_quant and not t5_quantizable:
+            why = (
+                "T5 is read quantized from an SD3 diffusers folder's text_encoder_3, and none "
+                "was found (a single file's own T5 cannot be quantized as it loads)"
+            )
         if why:
             raise SD3DeskError(
                 f"the memory plan {plan.value!r} cannot run here: {why}",
@@ -307,7 +314,8 @@ def resolve_plan(
         return ResolvedPlan(Placement.device, use_t5)
     free = device.free_bytes or 0
     for candidate in AUTO_ORDER:
-        resolved = _quantized(candidate, device, use_t5, mmdit_quantizable)
+        resolved = _quantized(candidate, device, use_t5 and t5_quantizable, mmdit_quantizable)
+        resolved = replace(resolved, use_t5=use_t5)
         room = QUANTIZED_HEADROOM if resolved.quantized else ACTIVATION_HEADROOM
         fits = sum(plan_bytes(resolved, device, component_bytes).values()) + room
         if fits <= free and not _why_not(resolved, device):

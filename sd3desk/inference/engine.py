@@ -226,7 +226,12 @@ class Engine:
         # (everything that will be loaded: the text encoders a single file borrows included)
         sizes = source.load_bytes(bytes_per_param, use_t5)
         resolved = resolve_plan(
-            plan, device, sizes, has_t5=use_t5, mmdit_quantizable=source.kind is not ModelKind.gguf
+            plan,
+            device,
+            sizes,
+            has_t5=use_t5,
+            mmdit_quantizable=source.kind is not ModelKind.gguf,
+            t5_quantizable=loading.t5_quantizable(source, self._model_dirs),
         )
         # 2. the model parked by the last switch comes back from RAM if it is this one;
         # otherwise the previous model is parked (RAM allowing) or freed before reading
@@ -234,7 +239,9 @@ class Engine:
         parked, self._parked = self._parked, None
         self._park(sum(sizes.values()))
         if parked is not None and parked.key == key:
-            return self._unpark(parked)
+            back = self._unpark(parked)
+            if back is not None:
+                return back
         del parked  # (another model: its memory goes back)
         free_memory(device)
         try:
@@ -263,13 +270,19 @@ class Engine:
             # is never there in 16-bit beside the rest)
             loading.report_stage(on_stage, loading.PLACE_STAGE, "Moving the model to the device")
             if resolved.mmdit_quant is Quant.fp8:
-                pipe.transformer.to(device.torch_device)
-                quantize_fp8(pipe.transformer)
+                quantize_fp8(pipe.transformer, device.torch_device)
             place_pipeline(pipe, resolved.placement, device)
             if speed is not Speed.off:  # 5. fast mode
                 use_compile_cache(self._cache_dir)
+                # (a quantized or GGUF MMDiT: its weights can be neither joined nor quantized
+                # again, so fast mode compiles it as it is)
                 plain = not resolved.mmdit_quant and source.kind is not ModelKind.gguf
-                make_fast(pipe, speed, device, fuse_qkv=plain)
+                make_fast(pipe, speed, device, plain_mmdit=plain)
+                if speed is Speed.fastest and not plain:
+                    notices.append(
+                        "'fastest' left its fp8 step out: the MMDiT is stored quantized "
+                        f"already ({resolved.describe()}); it runs as 'fast'"
+                    )
             if plan is MemoryPlan.auto and resolved.quantized:
                 notices.append(
                     f"{resolved.describe()} so that {source.name} fits in the "
@@ -295,29 +308,35 @@ class Engine:
         return loaded
 
     def _park(self, next_bytes: int) -> None:
-        """Keep the loaded model in RAM (pinned, from a GPU) for a switch back, when it sits
-        all on the device in 16-bit and RAM has room for it beside what comes next;
-        otherwise unload it."""
+        """Keep the loaded model in RAM for a switch back, when it sits all on the device in
+        16-bit and RAM has room for it and for what comes next; otherwise unload it.
+
+        From a GPU the weights move to ordinary (pageable) RAM, not pinned: PyTorch's pinned
+        allocator rounds every tensor up to a power of two and keeps the memory locked after
+        it is freed, so a parked 17 GB model could lock ~25 GB for good."""
         loaded = self._loaded
         if loaded is None:
             return
         device = loaded.device
         size = sum(p.numel() * p.element_size() for p in _parameters(self._pipe))
-        # a GPU model moves to RAM; on the CPU it is there already and the next one joins it
-        needed = size if device.kind == "cuda" else next_bytes
-        room = available_ram() - needed - PARK_RESERVE
+        # a GPU model moves to RAM; either way the next one may be read through RAM beside it
+        needed = next_bytes + (size if device.kind == "cuda" else 0)
         keep = (
             device.kind in ("cuda", "cpu")
             and loaded.plan.placement is Placement.device
             and not loaded.plan.quantized
             and loaded.source.kind is not ModelKind.gguf
-            and room > 0
+            and available_ram() - needed > PARK_RESERVE
         )
+        if keep and device.kind == "cuda":
+            try:
+                _move(self._pipe, "cpu")
+            except Exception:  # (out of RAM, a module that cannot move): not worth keeping
+                log.info("could not park %s", loaded.source.name, exc_info=True)
+                keep = False
         if not keep:
             self.unload()
             return
-        if device.kind == "cuda":
-            _to_pinned_host(self._pipe)
         self._parked = _Parked(
             self._key,
             self._pipe,
@@ -330,15 +349,25 @@ class Engine:
         self._picture_pipes.clear()
         self._prompt_cache.clear()
 
-    def _unpark(self, parked: _Parked) -> LoadedModel:
-        """The parked model back on its device, as it was (LoRAs, prompt cache and all)."""
-        if parked.loaded.device.kind == "cuda":
-            _to_device(parked.pipe, parked.loaded.device.torch_device)
+    def _unpark(self, parked: _Parked) -> LoadedModel | None:
+        """The parked model back on its device, as it was (LoRAs, prompt cache and all); None
+        when it no longer fits there (it is dropped and read again)."""
+        device = parked.loaded.device
+        if device.kind == "cuda":
+            try:
+                _move(parked.pipe, device.torch_device)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                del parked
+                free_memory(device)
+                return None
         self._pipe, self._loaded, self._loras = parked.pipe, parked.loaded, parked.loras
         self._picture_pipes.update(parked.picture_pipes)
         self._prompt_cache.update(parked.prompt_cache)
         self._key = parked.key
-        return parked.loaded
+        self._note_preview()
+        return self._loaded
 
     def attach(
         self,
@@ -877,17 +906,11 @@ def _parameters(pipe: Any) -> list[Any]:
     return [t for m in _modules(pipe) for t in (*m.parameters(), *m.buffers())]
 
 
-def _to_pinned_host(pipe: Any) -> None:
-    """Every weight to page-locked RAM: the way back to the GPU then runs at the bus's speed."""
-    for module in _modules(pipe):
-        module.to("cpu")
-        for tensor in (*module.parameters(), *module.buffers()):
-            tensor.data = tensor.data.pin_memory()
-
-
-def _to_device(pipe: Any, device: str) -> None:
+def _move(pipe: Any, device: str) -> None:
+    """Every component of `pipe` to `device` (a GPU: synchronised before it is used)."""
     import torch
 
     for module in _modules(pipe):
-        module.to(device, non_blocking=True)
-    torch.cuda.synchronize()
+        module.to(device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

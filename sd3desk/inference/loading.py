@@ -271,15 +271,20 @@ def _load_folder(
             else None
         )
     common = {"torch_dtype": torch_dtype(dtype), "local_files_only": True, "use_safetensors": True}
-    mmdit: dict[str, Any] = {}
+    # NF4 is quantized as it is read, onto this worker's device (not the current CUDA one);
+    # an fp8 MMDiT is read into RAM and quantized block by block onto the device later
+    mmdit: dict[str, Any] = {} if storage.mmdit_quant is Quant.fp8 else storage.placed()
     if storage.mmdit_quant is Quant.nf4:
-        mmdit = {"quantization_config": bnb_config(Quant.nf4, dtype, "diffusers")}
+        mmdit = {
+            "quantization_config": bnb_config(Quant.nf4, dtype, "diffusers"),
+            "device_map": {"": storage.device},
+        }
     report_stage(on_stage, 5, "Loading MMDiT denoiser" + (" (4-bit NF4)" if mmdit else ""))
     parts["transformer"] = transformer or _component(
         folder,
         "transformer",
         lambda: SD3Transformer2DModel.from_pretrained(
-            folder, subfolder="transformer", **common, **(mmdit or storage.placed())
+            folder, subfolder="transformer", **common, **mmdit
         ),
         storage,
     )
@@ -405,6 +410,17 @@ def _tied_t5(path: Path, config_dir: Path, dtype: str) -> Any:
     return model.eval()
 
 
+def t5_quantizable(source: ModelSource, model_dirs: tuple[Path, ...]) -> bool:
+    """Whether this model's T5 can be read quantized: from its folder, or, for a single file
+    holding its own, from a diffusers folder's text_encoder_3 (the same T5-XXL)."""
+    if source.kind is not ModelKind.single_file or source.family is ModelFamily.test:
+        return True
+    if not source.has_t5:
+        return True  # (it borrows a folder's T5 anyway)
+    donor = find_text_encoder_donor(model_dirs)
+    return donor is not None and any((donor / "text_encoder_3").glob("*.safetensors"))
+
+
 def _t5_folder(
     source: ModelSource, donor: Path | None, cache_dir: Path | None, storage: Storage
 ) -> Path:
@@ -505,6 +521,7 @@ def _load_single_file(
             config=str(config_dir),
             subfolder="transformer",
             quantization_config=bnb_config(Quant.nf4, dtype, "diffusers"),
+            device_map={"": storage.device},
             torch_dtype=torch_dtype(dtype),
             local_files_only=True,
         )

@@ -11,6 +11,7 @@ encoders under the single-file checkpoint's names). diffusers
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections import OrderedDict
@@ -62,6 +63,7 @@ class ConvertedLora:
 
     state: dict[str, Any]  # "transformer.<module>.lora_A.weight" ... per part
     parts: frozenset[str]  # the pipeline components it changes
+    skipped: frozenset[str] = frozenset()  # components it has that the model runs without (T5)
 
 
 def _split_key(key: str) -> tuple[str, str] | None:
@@ -86,9 +88,13 @@ def _module_tables(pipe: Any) -> dict[str, dict[str, str]]:
     return tables
 
 
-def convert(state: dict[str, Any], pipe: Any, name: str) -> ConvertedLora:
-    """`state` (any layout read here) for `pipe`'s modules; LoraError naming the file when a
-    part has no place in this model (another SD3 variant, another architecture)."""
+def convert(
+    state: dict[str, Any], pipe: Any, name: str, adapter_config: dict[str, Any] | None = None
+) -> ConvertedLora:
+    """`state` (any layout read here) for `pipe`'s modules, scaled as its alphas (kohya) or
+    `adapter_config` (diffusers' `lora_adapter_metadata`: lora_alpha, rank and alpha
+    patterns per component) say; LoraError naming the file when a part has no place in this
+    model (another SD3 variant, another architecture)."""
     import torch
 
     mmdit = {m.original: m for m in transformer_modules(pipe.transformer)}
@@ -96,6 +102,7 @@ def convert(state: dict[str, Any], pipe: Any, name: str) -> ConvertedLora:
     tables = _module_tables(pipe)
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     unplaced: dict[str, None] = {}  # modules (in order) with no place in this model
+    skipped: set[str] = set()
     _refuse_other_kinds(state, name)
     for key, tensor in state.items():
         split = _split_key(key)
@@ -103,6 +110,10 @@ def convert(state: dict[str, Any], pipe: Any, name: str) -> ConvertedLora:
             unplaced[key] = None
             continue
         module, role = split
+        absent = _part_of(module)
+        if absent and absent not in tables:  # the model runs without it (T5 off)
+            skipped.add(absent)
+            continue
         place = _place(module, mmdit, kohya_mmdit, tables)
         if place is None:
             unplaced[module] = None
@@ -125,7 +136,8 @@ def convert(state: dict[str, Any], pipe: Any, name: str) -> ConvertedLora:
             # The rank is the file's: a `split_qkv` LoRA (q, k, v of rank r saved as one of
             # rank 3r) is scaled by alpha / 3r, as kohya's, ComfyUI's and A1111's loaders do
             alpha = float(found["alpha"]) if "alpha" in found else 0.0
-            down = down * (alpha / rank if alpha else 1.0)
+            scale = alpha / rank if alpha else _config_scale(adapter_config, part, module, rank)
+            down = down * scale
             if part == "transformer" and module in mmdit:
                 for target, a, b in _mmdit_pairs(mmdit[module], down, up):
                     out[f"transformer.{target}.lora_A.weight"] = a.contiguous()
@@ -134,7 +146,34 @@ def convert(state: dict[str, Any], pipe: Any, name: str) -> ConvertedLora:
                 out[f"{part}.{module}.lora_A.weight"] = down.contiguous()
                 out[f"{part}.{module}.lora_B.weight"] = up.contiguous()
     _check_shapes(out, pipe, name)
-    return ConvertedLora(out, frozenset(key.split(".", 1)[0] for key in out))
+    parts = frozenset(key.split(".", 1)[0] for key in out)
+    return ConvertedLora(out, parts, frozenset(skipped))
+
+
+def _config_scale(config: dict[str, Any] | None, part: str, module: str, rank: int) -> float:
+    """PEFT's scale of one module from diffusers' saved adapter config ("transformer.r",
+    "transformer.lora_alpha", "transformer.alpha_pattern", ...): lora_alpha / r, or over √r
+    with rsLoRA; 1 without a config (alpha = r, diffusers' default)."""
+    if not config:
+        return 1.0
+    alpha = config.get(f"{part}.lora_alpha")
+    if not isinstance(alpha, (int, float)):
+        return 1.0
+    patterns = config.get(f"{part}.alpha_pattern") or {}
+    for key, value in patterns.items() if isinstance(patterns, dict) else ():
+        if module == key or module.endswith("." + key):
+            alpha = value
+            break
+    if config.get(f"{part}.use_rslora"):
+        return float(alpha) / math.sqrt(rank)
+    return float(alpha) / rank
+
+
+def _part_of(module: str) -> str:
+    """The text encoder a LoRA module name belongs to when its prefix says so ("": another)."""
+    return (
+        "text_encoder_3" if module.startswith(("lora_te3_", T5_PREFIX, "text_encoder_3.")) else ""
+    )
 
 
 def _place(
@@ -169,20 +208,22 @@ def _place(
     return None
 
 
-# LyCORIS and DoRA tensors: other ways of adapting a layer than LoRA's two matrices
+# LyCORIS and DoRA tensors: other ways of adapting a layer than LoRA's two matrices, by the
+# last part of a tensor's name
 _OTHER_KINDS = {
     "dora_scale": "a DoRA",
     "lora_magnitude_vector": "a DoRA",
     "hada_w1_a": "a LyCORIS LoHa",
     "lokr_w1": "a LyCORIS LoKr",
-    ".diff": "a LyCORIS full-weight difference",
+    "diff": "a LyCORIS full-weight difference",
+    "diff_b": "a LyCORIS full-weight difference",
 }
 
 
 def _refuse_other_kinds(state: dict[str, Any], name: str) -> None:
     for key in state:
         for mark, kind in _OTHER_KINDS.items():
-            if mark in key:
+            if key.endswith("." + mark) or f".{mark}." in key:
                 raise LoraError(
                     f"{name} is {kind}, which sd3desk cannot apply yet (only LoRA's up and "
                     "down matrices)",
@@ -270,12 +311,15 @@ class LoraSet:
 
     def __init__(self, pipe: Any) -> None:
         self._pipe = pipe
-        self._loaded: OrderedDict[str, tuple[str, frozenset[str]]] = OrderedDict()
-        self._active: tuple[tuple[str, float], ...] = ()
+        # hash -> (adapter name, parts it changes, parts it has that this model lacks)
+        self._loaded: OrderedDict[str, tuple[str, frozenset[str], frozenset[str]]] = OrderedDict()
+        # (hash, weight) of what runs now; None: not known (PEFT makes each adapter it loads
+        # the active one, and a failed load may leave another active), so switch next time
+        self._active: tuple[tuple[str, float], ...] | None = ()
 
     @property
-    def active(self) -> tuple[tuple[str, float], ...]:
-        """(hash, weight) of the LoRAs now applied."""
+    def active(self) -> tuple[tuple[str, float], ...] | None:
+        """(hash, weight) of the LoRAs now applied (None: about to be set again)."""
         return self._active
 
     def text_key(self, loras: Sequence[LoraRef]) -> tuple[tuple[str, float], ...]:
@@ -290,30 +334,38 @@ class LoraSet:
         """Make exactly `loras` active with their weights (none: the bare model); returns
         what the user should know (a part of a LoRA that cannot act on this model)."""
         notices: list[str] = []
-        for ref, path in loras:
-            if ref.hash not in self._loaded:
-                self._load(ref, path)
-            self._loaded.move_to_end(ref.hash)
-            if "text_encoder_3" in self._loaded[ref.hash][1] and self._pipe.text_encoder_3 is None:
-                notices.append(f"{path.name} also changes T5, which is off: that part is unused")
-        wanted = tuple((ref.hash, ref.weight) for ref, _ in loras if ref.weight != 0)
-        if wanted != self._active:
-            self._switch(wanted)
-            self._active = wanted
+        try:
+            for ref, path in loras:
+                if ref.hash not in self._loaded:
+                    self._active = None
+                    self._load(ref, path)
+                self._loaded.move_to_end(ref.hash)
+                if "text_encoder_3" in self._loaded[ref.hash][2]:
+                    notices.append(
+                        f"{path.name} also changes T5, which is off: that part is unused"
+                    )
             self._evict({ref.hash for ref, _ in loras})
+            wanted = tuple((ref.hash, ref.weight) for ref, _ in loras if ref.weight != 0)
+            if wanted != self._active:
+                self._active = None
+                self._switch(wanted)
+                self._active = wanted
+        except BaseException:
+            self._active = None  # whatever PEFT left active, the next request sets it again
+            raise
         return notices
 
     def _switch(self, wanted: tuple[tuple[str, float], ...]) -> None:
         pipe = self._pipe
-        chosen = [(self._loaded[h], w) for h, w in wanted]
+        chosen = [(self._loaded[h][:2], w) for h, w in wanted]
         on_pipe = [(name, w) for (name, parts), w in chosen if parts & _PIPE_PARTS]
         if on_pipe:
             pipe.enable_lora()
             pipe.set_adapters([n for n, _ in on_pipe], adapter_weights=[w for _, w in on_pipe])
-        elif any(parts & _PIPE_PARTS for _, parts in self._loaded.values()):
+        elif any(parts & _PIPE_PARTS for _, parts, _ in self._loaded.values()):
             pipe.disable_lora()
         t5 = pipe.text_encoder_3
-        if t5 is not None and any("text_encoder_3" in p for _, p in self._loaded.values()):
+        if t5 is not None and any("text_encoder_3" in p for _, p, _ in self._loaded.values()):
             from diffusers.utils.peft_utils import (
                 set_adapter_layers,
                 set_weights_and_activate_adapters,
@@ -331,7 +383,7 @@ class LoraSet:
 
         require_sd3(path)
         unfuse_qkv(self._pipe.transformer)  # (fast mode's fused q/k/v: a LoRA adapts each)
-        converted = convert(load_file(str(path)), self._pipe, path.name)
+        converted = convert(load_file(str(path)), self._pipe, path.name, _adapter_config(path))
         adapter = f"lora_{ref.hash[:16]}"
         t5_prefix = "text_encoder_3."
         try:
@@ -355,12 +407,14 @@ class LoraSet:
                 f"the LoRA {path.name} could not be applied: {exc}",
                 "use a LoRA made for this model's family",
             ) from exc
-        self._loaded[ref.hash] = (adapter, converted.parts)
+        self._loaded[ref.hash] = (adapter, converted.parts, converted.skipped)
 
     def _evict(self, keep: set[str]) -> None:
         unused = [h for h in self._loaded if h not in keep]
         for digest in unused[: max(0, len(unused) - KEEP_UNUSED)]:
-            self._delete(*self._loaded.pop(digest))
+            adapter, parts, _ = self._loaded.pop(digest)
+            self._delete(adapter, parts)
+            self._active = None  # (deleting an adapter may change which one PEFT runs)
 
     def _delete(self, adapter: str, parts: frozenset[str]) -> None:
         import contextlib
@@ -372,6 +426,22 @@ class LoraSet:
                 self._pipe.delete_adapters(adapter)
         if "text_encoder_3" in parts and self._pipe.text_encoder_3 is not None:
             delete_adapter_layers(self._pipe.text_encoder_3, adapter)
+
+
+def _adapter_config(path: Path) -> dict[str, Any] | None:
+    """diffusers' `lora_adapter_metadata` of a LoRA file (its LoraConfig per component), or
+    None; a malformed one is ignored, as diffusers would fail on it anyway."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        raw = (handle.metadata() or {}).get("lora_adapter_metadata")
+    try:
+        found = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _load_t5(t5: Any, state: dict[str, Any], adapter: str) -> None:

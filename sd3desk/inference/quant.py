@@ -67,11 +67,26 @@ def bnb_config(quant: Quant, dtype: str, library: str) -> Any:
     )
 
 
-def quantize_fp8(module: Any) -> None:
-    """`module`'s linear layers to fp8 weight-only, in place (torchao), where they are."""
+def quantize_fp8(module: Any, device: str) -> None:
+    """`module`'s linear layers to fp8 weight-only (torchao), moved onto `device` a block at a
+    time and quantized there: the device never holds more than one block in 16-bit."""
+    import torch
     from torchao.quantization import Float8WeightOnlyConfig, quantize_
 
-    quantize_(module, Float8WeightOnlyConfig())
+    config = Float8WeightOnlyConfig()
+
+    def place(part: Any) -> None:
+        for child in part.children():
+            if isinstance(child, torch.nn.ModuleList):
+                for block in child:
+                    block.to(device)
+                    quantize_(block, config)
+            else:
+                child.to(device)
+                quantize_(child, config)
+
+    place(module)
+    module.to(device)  # (what sits on the module itself)
 
 
 def quantized_bytes(params: int, quant: Quant | None, bytes_per_param: int) -> int:

@@ -37,7 +37,15 @@ def unavailable(speed: Speed, device: DeviceInfo) -> str | None:
             return "'fastest' needs torchao (pip install 'sd3desk[quant]')"
     if device.kind == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++", "cl")):
         return "fast mode on the CPU compiles C++: install a compiler (gcc or clang)"
+    if device.kind == "cuda" and not _has_triton():
+        return "fast mode on an NVIDIA GPU compiles with Triton, which this install lacks"
     return None
+
+
+def _has_triton() -> bool:
+    from torch.utils._triton import has_triton
+
+    return bool(has_triton())
 
 
 def use_compile_cache(cache_dir: Path | None) -> None:
@@ -48,18 +56,18 @@ def use_compile_cache(cache_dir: Path | None) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / COMPILE_CACHE)
 
 
-def make_fast(pipe: Any, speed: Speed, device: DeviceInfo, *, fuse_qkv: bool) -> None:
-    """Turn a loaded, placed pipeline fast. `fuse_qkv`: the MMDiT's weights are plain tensors
-    (a quantized or GGUF MMDiT's cannot be joined). The compile itself happens at the first
-    denoising step (`Engine.warm_up`)."""
+def make_fast(pipe: Any, speed: Speed, device: DeviceInfo, *, plain_mmdit: bool) -> None:
+    """Turn a loaded, placed pipeline fast. `plain_mmdit`: the MMDiT's weights are plain
+    tensors (a quantized or GGUF MMDiT's can be neither joined nor quantized again: it is only
+    compiled). The compile itself happens at the first denoising step (`Engine.warm_up`)."""
     import torch
 
     transformer = pipe.transformer
     # 1. one matmul for q, k and v instead of three (undone for a LoRA: inference/lora.py)
-    if fuse_qkv:
+    if plain_mmdit:
         transformer.fuse_qkv_projections()
     # 2. fp8 activations and weights, per row (torchao): Ada and Hopper's fp8 tensor cores
-    if speed is Speed.fastest:
+    if speed is Speed.fastest and plain_mmdit:
         from torchao.quantization import (
             Float8DynamicActivationFloat8WeightConfig,
             PerRow,
@@ -85,6 +93,14 @@ def qkv_fused(transformer: Any) -> bool:
 
 def unfuse_qkv(transformer: Any) -> None:
     """Back to separate q, k, v projections (a LoRA adapts them one by one): diffusers puts
-    the processors it kept back (and empties what it kept)."""
-    if qkv_fused(transformer):
-        transformer.unfuse_qkv_projections()
+    the processors it kept back (and empties what it kept); the joined copies of the weights
+    it made go, so unfusing gives their memory back."""
+    if not qkv_fused(transformer):
+        return
+    transformer.unfuse_qkv_projections()
+    for module in transformer.modules():
+        for joined in ("to_qkv", "to_kv", "to_added_qkv"):
+            if hasattr(module, joined):
+                delattr(module, joined)
+        if getattr(module, "fused_projections", False):
+            module.fused_projections = False

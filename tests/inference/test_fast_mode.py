@@ -80,18 +80,24 @@ def test_a_lora_in_fast_mode_unfuses_and_acts(fast, tmp_path):
     bare = engine.generate(REQUEST).images[0]
     styled = engine.generate(REQUEST.replace(loras=(ref,)), loras=[(ref, path)]).images[0]
     assert not qkv_fused(pipe.transformer)  # q, k, v adapted one by one
+    attention = pipe.transformer.transformer_blocks[0].attn
+    assert not hasattr(attention, "to_qkv")  # and the joined copy's memory given back
     assert max_diff(styled, bare) > 20
 
 
-def test_what_cannot_run_here_is_refused_with_the_reason(tiny_model_dir, cache_dir):
+def test_what_cannot_run_here_is_refused_with_the_reason(tiny_model_dir, cache_dir, monkeypatch):
     with pytest.raises(SD3DeskError, match="'fastest' needs an NVIDIA GPU"):
         engine_for(str(tiny_model_dir), cache_dir, Speed.fastest)
+    from sd3desk.inference import speed
     from sd3desk.inference.devices import DeviceInfo
     from sd3desk.inference.speed import unavailable
 
+    ada = DeviceInfo("cuda", 0, "RTX 4070", "bfloat16", capability=(8, 9))
+    assert "Triton" in (unavailable(Speed.fast, ada) or "")  # (this CPU build of torch has none)
+    monkeypatch.setattr(speed, "_has_triton", lambda: True)  # a CUDA build's
+
     mps = DeviceInfo("mps", 0, "Apple GPU", "float16")
     assert "MPS" in (unavailable(Speed.fast, mps) or "")
-    ada = DeviceInfo("cuda", 0, "RTX 4070", "bfloat16", capability=(8, 9))
     ampere = DeviceInfo("cuda", 0, "RTX 3090", "bfloat16", capability=(8, 6))
     assert unavailable(Speed.fastest, ada) is None
     assert "8.6" in (unavailable(Speed.fastest, ampere) or "")

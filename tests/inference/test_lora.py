@@ -196,3 +196,89 @@ def test_a_dora_is_refused_not_half_applied(lora_engine, lora_dir, tmp_path):
         run(lora_engine, LoraLibrary([tmp_path]), ("dora", 1.0))
     bare = run(lora_engine, LoraLibrary([tmp_path]))
     assert max_diff(bare, run(lora_engine, LoraLibrary([tmp_path]))) == 0
+
+
+def fresh_engine(tiny_model_dir, cache_dir, **load):
+    from sd3desk.core.settings import Device
+    from sd3desk.inference.engine import Engine
+    from sd3desk.inference.models import resolve_model
+
+    engine = Engine(Device.cpu, cache_dir=cache_dir)
+    engine.load(resolve_model(str(tiny_model_dir)), **load)
+    return engine
+
+
+def test_a_first_use_at_weight_zero_and_a_failed_list_leave_the_bare_model(
+    tiny_model_dir, cache_dir, library, lora_engine, tmp_path
+):
+    """PEFT makes each adapter it loads the active one: a LoRA used first at weight 0, or one
+    loaded before another in the same job failed, must not act on later jobs."""
+    engine = fresh_engine(tiny_model_dir, cache_dir)
+    bare = run(engine, library)
+    assert max_diff(run(engine, library, ("other", 0.0)), bare) == 0
+    assert max_diff(run(engine, library), bare) == 0
+    import torch
+
+    wide = {
+        "lora_unet_joint_blocks_0_x_block_attn_proj.lora_down.weight": torch.zeros(4, 2432),
+        "lora_unet_joint_blocks_0_x_block_attn_proj.lora_up.weight": torch.zeros(2432, 4),
+    }
+    testlora.save(wide, tmp_path / "wide.safetensors")
+    both = LoraLibrary([*library.folders, tmp_path], library.cache_file)
+    with pytest.raises(LoraError):
+        run(engine, both, ("style_kohya", 1.0), ("wide", 1.0))
+    assert max_diff(run(engine, library), bare) == 0
+
+
+def test_a_t5_part_is_left_out_with_a_notice_when_t5_is_off(tiny_model_dir, cache_dir, library):
+    from sd3desk.core.settings import MemoryPlan
+
+    engine = fresh_engine(tiny_model_dir, cache_dir, plan=MemoryPlan.no_t5)
+    path = library.find(LoraRef("with_t5", "", 1.0))
+    ref = library.ref(path)
+    result = engine.generate(PROMPT.replace(loras=(ref,)), loras=[(ref, path)])
+    assert any("also changes T5, which is off" in n for n in result.notices)
+    assert max_diff(result.images[0], run(engine, library)) > 0  # its MMDiT part acts
+
+
+def test_comfyui_names_under_model_diffusion_model_are_not_taken_for_lycoris(
+    lora_engine, lora_dir, tmp_path, tiny_model_dir, cache_dir
+):
+    from safetensors.torch import load_file
+
+    state = load_file(str(lora_dir / "style_comfyui.safetensors"))
+    renamed = {f"model.{k}" if k.startswith("diffusion_model.") else k: v for k, v in state.items()}
+    testlora.save(renamed, tmp_path / "style_model_prefix.safetensors")
+    library = LoraLibrary([lora_dir, tmp_path])
+    expected = run(lora_engine, library, ("style_comfyui", 1.0))
+    # (a fresh engine: the same tensors have the same hash, which the module's engine has
+    # loaded already under the other name)
+    engine = fresh_engine(tiny_model_dir, cache_dir)
+    assert max_diff(run(engine, library, ("style_model_prefix", 1.0)), expected) == 0
+
+
+def test_a_diffusers_lora_with_its_own_alpha_matches_diffusers_reading_it(
+    tiny_model_dir, cache_dir, tmp_path
+):
+    """diffusers saves lora_alpha in the file's metadata; diffusers' own loader (given the
+    path) is the oracle for the strength."""
+    from diffusers import StableDiffusion3Pipeline
+
+    engine = fresh_engine(tiny_model_dir, cache_dir)
+    pipe = engine.pipeline
+    state = testlora.random_lora(pipe, seed=11, parts=("transformer",))
+    layers = {k.removeprefix("transformer."): v for k, v in state.items()}
+    targets = sorted({k.rsplit(".lora_", 1)[0] for k in layers})
+    StableDiffusion3Pipeline.save_lora_weights(
+        str(tmp_path),
+        transformer_lora_layers=layers,
+        transformer_lora_adapter_metadata={"r": 4, "lora_alpha": 12, "target_modules": targets},
+        weight_name="alpha12.safetensors",
+    )
+    library = LoraLibrary([tmp_path])
+    ours = run(engine, library, ("alpha12", 1.0))
+    reference = fresh_engine(tiny_model_dir, cache_dir)
+    reference.pipeline.load_lora_weights(str(tmp_path / "alpha12.safetensors"))
+    theirs = reference.generate(PROMPT).images[0]
+    assert max_diff(ours, theirs) <= 1
+    assert max_diff(ours, run(engine, library)) > 0

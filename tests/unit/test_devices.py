@@ -115,3 +115,14 @@ def test_cpu_and_mps_keep_everything_on_the_device():
 def test_device_description_for_the_status_line():
     assert cuda(11.2).describe() == "GPU · bfloat16 · 11.2 GB free"
     assert "for trying only" in DeviceInfo("cpu", 0, "CPU", "float32").describe()
+
+
+def test_a_single_file_whose_t5_cannot_be_read_quantized_is_planned_without_it(libraries):
+    """A single file with its own T5 and no diffusers folder to read T5 from quantized: auto
+    keeps T5 in 16-bit (and may quantize the MMDiT), an explicit T5 plan says why it cannot."""
+    plan = resolve_plan(MemoryPlan.auto, cuda(14.0), SIZES, t5_quantizable=False)
+    assert plan.t5_quant is None and plan.use_t5
+    plan = resolve_plan(MemoryPlan.auto, cuda(16.0, (8, 9)), SIZES, t5_quantizable=False)
+    assert (plan.t5_quant, plan.mmdit_quant) == (None, Quant.fp8)
+    with pytest.raises(SD3DeskError, match="text_encoder_3"):
+        resolve_plan(MemoryPlan.t5_8bit, cuda(20.0), SIZES, t5_quantizable=False)
