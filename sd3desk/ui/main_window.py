@@ -3,6 +3,7 @@ docked on the right, engine status and notices at the bottom."""
 
 from __future__ import annotations
 
+import dataclasses
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -493,9 +494,16 @@ class MainWindow(QMainWindow):
             current.raise_()
             current.activateWindow()
             return
-        dialog = ModelSetupDialog(self.runtime.catalog, self)
+        dialog = ModelSetupDialog(
+            self.runtime.catalog, self, plan=self.session.settings.memory_plan
+        )
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.model_chosen.connect(self._on_setup_dialog_model_chosen)
+        dialog.plan_box.plan_chosen.connect(
+            lambda plan: self.session.apply_settings(
+                dataclasses.replace(self.session.settings, memory_plan=plan)
+            )
+        )
         self.setup_dialog = dialog
         dialog.open()
 

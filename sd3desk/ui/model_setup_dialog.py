@@ -33,8 +33,10 @@ from sd3desk.core.downloads import (  # (huggingface_hub itself loads on first u
     format_bytes,
 )
 from sd3desk.core.errors import SD3DeskError
+from sd3desk.core.settings import MemoryPlan
 from sd3desk.runtime.background import Background, Report
 from sd3desk.runtime.catalog import TEST_ENTRY, ModelCatalog, ModelEntry, check_model
+from sd3desk.ui.memory_plan_box import MemoryPlanBox
 from sd3desk.ui.preview_decoder_box import PreviewDecoderBox
 from sd3desk.ui.theme import Tone, tone_style
 from sd3desk.ui.widgets import named, wrapping_label
@@ -74,6 +76,7 @@ class ModelSetupDialog(QDialog):
         parent: QWidget | None = None,
         endpoint: str | None = None,
         cache_dir: Path | None = None,
+        plan: MemoryPlan = MemoryPlan.auto,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Models")
@@ -94,6 +97,8 @@ class ModelSetupDialog(QDialog):
         layout.addWidget(self._local_box())
         layout.addWidget(self._download_box())
         layout.addWidget(self._test_box())
+        self.plan_box = MemoryPlanBox(plan)  # (the window saves a pick in the settings)
+        layout.addWidget(self.plan_box)
         self.preview_box = PreviewDecoderBox(catalog, endpoint, cache_dir)
         layout.addWidget(self.preview_box)
         layout.addStretch(1)

@@ -112,3 +112,18 @@ def test_sizes_snap_and_presets_follow(window, qtbot):
     panel.width_spin.editingFinished.emit()
     assert panel.width_spin.value() == 1008
     assert panel.aspect.currentData() == "Custom"
+
+
+def test_the_models_dialog_sets_the_memory_plan(window, qtbot, tmp_path):
+    """A small GPU's user picks how to run a model where they pick the model."""
+    window.open_model_setup()
+    dialog = window.setup_dialog
+    box = dialog.plan_box
+    assert box.combo.currentData() is window.session.settings.memory_plan
+    box.combo.setCurrentIndex(box.combo.findData(MemoryPlan.t5_8bit))
+    box.combo.activated.emit(box.combo.currentIndex())
+    assert window.session.settings.memory_plan is MemoryPlan.t5_8bit
+    assert load_settings(tmp_path / "settings.json").memory_plan is MemoryPlan.t5_8bit
+    worker = window.runner.workers[0]
+    qtbot.waitUntil(lambda: worker.config.memory_plan is MemoryPlan.t5_8bit)
+    dialog.close()
