@@ -12,7 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sd3desk.core.errors import FieldError, LoraError, ModelError
+from sd3desk.core.errors import FieldError, InvalidParamsError, LoraError, ModelError
 from sd3desk.core.files import NotRegularFileError, check_regular, walk
 from sd3desk.core.modelhash import LORA_SHORT, lora_hash, read_cache
 from sd3desk.core.weights_header import read_safetensors_header
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 LORA_MAX = 8  # LoRAs in one request
 WEIGHT_MIN, WEIGHT_MAX = -10.0, 10.0  # negative weights invert a "slider" LoRA
 NAME_MAX = 200
+WHOLE_HASH = 64  # hex digits of a SHA-256
 SCAN_DEPTH = 4  # subfolders of a LoRA folder looked into (people sort them by style, by model)
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -39,6 +40,11 @@ class LoraRef:
     @property
     def short_hash(self) -> str:
         return self.hash[:LORA_SHORT]
+
+    @property
+    def resolved(self) -> bool:
+        """Named by its whole hash (as queued jobs are), not a short one or none."""
+        return len(self.hash) == WHOLE_HASH
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "hash": self.hash, "weight": self.weight}
@@ -82,7 +88,7 @@ def lora_errors(loras: Any, *, resolved: bool = True) -> list[FieldError]:
                 )
             )
         digest = ref.hash if isinstance(ref.hash, str) else ""
-        whole = len(digest) == 64 and _HEX.fullmatch(digest)
+        whole = len(digest) == WHOLE_HASH and _HEX.fullmatch(digest)
         if resolved and not whole:
             errors.append(
                 FieldError("loras", f"{name}: hash must be the file's SHA-256 (64 hex digits)")
@@ -405,9 +411,20 @@ class LoraLibrary:
         for ref in refs:
             path = self.find(ref)
             require_sd3(path)
-            whole = ref if len(ref.hash) == 64 else LoraRef(path.stem, self.hash(path), ref.weight)
+            whole = ref if ref.resolved else LoraRef(path.stem, self.hash(path), ref.weight)
             resolved.append(whole)
         return tuple(resolved)
+
+    def resolve_request(self, refs: Iterable[LoraRef]) -> tuple[LoraRef, ...]:
+        """`resolve`, for a request from a front door: what is wrong is an InvalidParamsError
+        under the field "loras" (a LoRA not found, for another model, or gone while read)."""
+        try:
+            return self.resolve(refs)
+        except LoraError as exc:
+            raise InvalidParamsError([FieldError("loras", exc.message)]) from exc
+        except OSError as exc:  # a file that went away while it was hashed
+            message = f"a LoRA file cannot be read: {exc.strerror or exc}"
+            raise InvalidParamsError([FieldError("loras", message)]) from exc
 
     def _candidates(self, ref: LoraRef) -> Iterable[Path]:
         files = self.files()

@@ -178,6 +178,7 @@ class Engine:
         self._loaded: LoadedModel | None = None
         self._key: tuple = ()  # what load() was asked for: a switch back finds it parked
         self._parked: _Parked | None = None  # the model before the last switch, in RAM
+        self._warmed: set[tuple[int, int]] = set()  # sizes fast mode compiled for (warm_up)
         # TAESD3 for previews: its folder as last set, and the decoder (None: linear previews);
         # kept across models (it depends on the device only)
         self._decoder_folder: Path | None = None
@@ -242,8 +243,9 @@ class Engine:
             back = self._unpark(parked)
             if back is not None:
                 return back
-        del parked  # (another model: its memory goes back)
-        free_memory(device)
+        if parked is not None:  # another model: its memory goes back
+            parked = None
+            free_memory(device)
         try:
             # 3. read every component through diffusers/transformers, offline; one load at a
             # time per process, because their loaders patch torch globally while they run
@@ -318,9 +320,10 @@ class Engine:
         if loaded is None:
             return
         device = loaded.device
-        size = sum(p.numel() * p.element_size() for p in _parameters(self._pipe))
         # a GPU model moves to RAM; either way the next one may be read through RAM beside it
-        needed = next_bytes + (size if device.kind == "cuda" else 0)
+        needed = next_bytes
+        if device.kind == "cuda":
+            needed += sum(p.numel() * p.element_size() for p in _parameters(self._pipe))
         keep = (
             device.kind in ("cuda", "cpu")
             and loaded.plan.placement is Placement.device
@@ -338,16 +341,10 @@ class Engine:
             self.unload()
             return
         self._parked = _Parked(
-            self._key,
-            self._pipe,
-            loaded,
-            self._loras,
-            dict(self._picture_pipes),
-            self._prompt_cache.copy(),
+            self._key, self._pipe, loaded, self._loras, self._picture_pipes, self._prompt_cache
         )
         self._pipe, self._loaded, self._loras = None, None, None
-        self._picture_pipes.clear()
-        self._prompt_cache.clear()
+        self._picture_pipes, self._prompt_cache = {}, OrderedDict()
 
     def _unpark(self, parked: _Parked) -> LoadedModel | None:
         """The parked model back on its device, as it was (LoRAs, prompt cache and all); None
@@ -363,8 +360,7 @@ class Engine:
                 free_memory(device)
                 return None
         self._pipe, self._loaded, self._loras = parked.pipe, parked.loaded, parked.loras
-        self._picture_pipes.update(parked.picture_pipes)
-        self._prompt_cache.update(parked.prompt_cache)
+        self._picture_pipes, self._prompt_cache = parked.picture_pipes, parked.prompt_cache
         self._key = parked.key
         self._note_preview()
         return self._loaded
@@ -389,6 +385,7 @@ class Engine:
         pipe.set_progress_bar_config(disable=True)
         self._pipe = pipe
         self._picture_pipes.clear()
+        self._warmed.clear()
         self._loras = LoraSet(pipe)
         self._loaded = LoadedModel(
             source, identity, self.device(), plan, tuple(notices), speed, self.preview_kind
@@ -422,24 +419,32 @@ class Engine:
         if self._loaded is not None and self._loaded.preview != self.preview_kind:
             self._loaded = replace(self._loaded, preview=self.preview_kind)
 
+    def needs_warm_up(self, width: int, height: int) -> bool:
+        """Fast mode has not compiled for this size since the model was loaded."""
+        loaded = self.loaded_model()
+        return loaded.speed is not Speed.off and (width, height) not in self._warmed
+
     def warm_up(self, width: int, height: int) -> float:
         """In fast mode, compile for `width` x `height` now (two small steps, nothing kept),
         so the first job does not wait for it; seconds taken (0 when there is nothing to do)."""
-        loaded = self.loaded_model()
-        if loaded.speed is Speed.off:
+        if not self.needs_warm_up(width, height):
             return 0.0
+        loaded = self.loaded_model()
         started = time.perf_counter()
         request = defaults_for(loaded.source.family, "warm-up").replace(
             steps=2, seed=0, width=width, height=height
         )
         self.generate(request)
+        self._warmed.add((width, height))
         return time.perf_counter() - started
 
     def unload(self) -> None:
         """Drop the model (and one parked from the last switch) and give its memory back."""
-        self._parked = None
+        dropped, self._parked = self._parked, None
         if self._pipe is None:
-            free_memory(self._device)
+            if dropped is not None:
+                dropped = None
+                free_memory(self._device)
             return
         self._pipe = None
         self._picture_pipes.clear()

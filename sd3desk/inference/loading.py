@@ -417,8 +417,11 @@ def t5_quantizable(source: ModelSource, model_dirs: tuple[Path, ...]) -> bool:
         return True
     if not source.has_t5:
         return True  # (it borrows a folder's T5 anyway)
-    donor = find_text_encoder_donor(model_dirs)
-    return donor is not None and any((donor / "text_encoder_3").glob("*.safetensors"))
+    return _has_t5_weights(find_text_encoder_donor(model_dirs))
+
+
+def _has_t5_weights(folder: Path | None) -> bool:
+    return folder is not None and any((folder / "text_encoder_3").glob("*.safetensors"))
 
 
 def _t5_folder(
@@ -427,7 +430,7 @@ def _t5_folder(
     """A diffusers folder with the T5 weights, to read them quantized."""
     if source.family is ModelFamily.test and cache_dir is not None:  # the same weights
         return testmodel.ensure_test_model(test_model_dir(cache_dir), source.test_size or "tiny")
-    if donor is not None and any((donor / "text_encoder_3").glob("*.safetensors")):
+    if donor is not None and _has_t5_weights(donor):
         return donor
     quant = storage.t5_quant.value if storage.t5_quant else ""
     raise ModelError(

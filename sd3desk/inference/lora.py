@@ -317,11 +317,6 @@ class LoraSet:
         # the active one, and a failed load may leave another active), so switch next time
         self._active: tuple[tuple[str, float], ...] | None = ()
 
-    @property
-    def active(self) -> tuple[tuple[str, float], ...] | None:
-        """(hash, weight) of the LoRAs now applied (None: about to be set again)."""
-        return self._active
-
     def text_key(self, loras: Sequence[LoraRef]) -> tuple[tuple[str, float], ...]:
         """The part of a prompt-cache key that LoRAs make: those changing a text encoder."""
         return tuple(

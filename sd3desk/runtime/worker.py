@@ -238,12 +238,13 @@ class Worker(QObject):
     def _warm_up(self, engine: Engine) -> None:
         """Fast mode: compile now, at the model's usual size, while the user is still typing
         (from the disk cache after the first time: seconds)."""
-        loaded = engine.loaded_model()
-        if loaded.speed is Speed.off or reference_changed(self._wanted_model, loaded):
-            return
         from sd3desk.core.params import FAMILY_DEFAULTS
 
+        loaded = engine.loaded_model()
         side = FAMILY_DEFAULTS[loaded.source.family].size
+        picked_another = self._wanted_model not in ("", loaded.source.reference)
+        if picked_another or not engine.needs_warm_up(side, side):
+            return
         self._state(EngineStatus.loading, "Compiling for fast mode…", model=loaded.source.reference)
         seconds = engine.warm_up(side, side)
         self._ready(notices=(f"fast mode ready: compiled in {seconds:.0f} s",))
@@ -402,11 +403,6 @@ class Worker(QObject):
                 raise _storage_error(exc, folder, params, len(result.images) - k) from exc
             failpoints.reached("image-saved")
         return tuple(outputs)
-
-
-def reference_changed(wanted: str, loaded: Any) -> bool:
-    """The user picked another model since this one was asked for."""
-    return bool(wanted) and wanted != loaded.source.reference
 
 
 def _storage_error(exc: OSError, folder: Path, params: Any, images: int) -> SD3DeskError:

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from sd3desk.core.errors import FieldError, InvalidParamsError, LoraError
+from sd3desk.core.errors import FieldError, InvalidParamsError
 from sd3desk.core.gallery import GalleryIndex
 from sd3desk.core.jobs import Job
 from sd3desk.core.loras import LoraInfo
@@ -97,10 +97,7 @@ class Door:
         naming "loras" otherwise. Hashes files the first time: call it off the event loop."""
         if not params.loras:
             return params
-        try:
-            return params.replace(loras=self.runtime.loras.resolve(params.loras))
-        except LoraError as exc:
-            raise InvalidParamsError([FieldError("loras", exc.message)]) from exc
+        return params.replace(loras=self.runtime.loras.resolve_request(params.loras))
 
     def loras(self) -> list[LoraInfo]:
         """The LoRAs in the LoRA folders (headers only)."""

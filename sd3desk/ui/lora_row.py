@@ -19,12 +19,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from sd3desk.core.loras import WEIGHT_MAX, WEIGHT_MIN, LoraRef
+from sd3desk.core.loras import WEIGHT_MAX, WEIGHT_MIN, WHOLE_HASH, LoraRef
 from sd3desk.core.modelhash import LORA_SHORT
 from sd3desk.ui.theme import Tone, tone_style
 from sd3desk.ui.widgets import named, tool_button
 
-WHOLE_HASH = 64  # hex digits of a resolved LoRA hash (core/loras.py)
 NAME_MIN_WIDTH = 60  # px: a long name is shortened in the middle down to this
 
 

@@ -28,7 +28,6 @@ FORM_SAVE_DELAY_MS = 1000
 # How long closing the window waits for a worker inside an import or a model load; then the
 # process ends without it (nothing is lost: see app.main)
 SHUTDOWN_WAIT_S = 2.0
-WHOLE_HASH = 64  # hex digits of a LoRA's resolved hash (core/loras.py)
 
 
 class Session(QObject):
@@ -226,15 +225,9 @@ class Session(QObject):
         hash (or none) is matched in the LoRA folders, on this thread. The form's own rows carry
         whole hashes already, so this hashes files only for a fresh import (once: cached).
         InvalidParamsError under "loras" names a LoRA that is not there."""
-        if all(len(ref.hash) == WHOLE_HASH for ref in params.loras):
+        if all(ref.resolved for ref in params.loras):
             return params
-        try:
-            return params.replace(loras=self.runtime.loras.resolve(params.loras))
-        except SD3DeskError as exc:  # LoraNotFoundError, mostly
-            raise InvalidParamsError([FieldError("loras", exc.message)]) from exc
-        except OSError as exc:  # a file that went away while it was hashed
-            message = f"a LoRA file cannot be read: {exc.strerror or exc}"
-            raise InvalidParamsError([FieldError("loras", message)]) from exc
+        return params.replace(loras=self.runtime.loras.resolve_request(params.loras))
 
     def _checked(self, params: GenerationParams) -> tuple[GenerationParams, list[FieldError]]:
         """The request with its LoRAs resolved, and every problem with it."""
